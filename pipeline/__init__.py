@@ -1,0 +1,1 @@
+"""Distillery's shared runtime: messages, topics, the worker loop, blob store, embedded stack, CLI."""

@@ -1,0 +1,183 @@
+"""Where big payloads live (PDFs, datasets, adapters); messages carry only their URIs.
+
+Two implementations of one Protocol: `file://` (the default; writes are atomic, a reader never
+sees half a file) and `s3://` through s3fs (MinIO in compose and k8s). `put` is
+content-addressed, so storing the same bytes twice is one object and a replay costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from pipeline.errors import BadInput
+from pipeline.settings import BlobSettings
+
+_CHUNK = 1 << 20
+
+
+class BlobStore(Protocol):
+    def put(self, data: bytes, *, suffix: str = "") -> str:
+        """Store `data` under its sha256; returns its URI. Idempotent."""
+        ...
+
+    def put_file(self, path: Path, *, suffix: str = "") -> str:
+        """Like `put`, streaming from a local file (PDFs, archives)."""
+        ...
+
+    def put_as(self, name: str, data: bytes) -> str:
+        """Store `data` under a chosen relative name (manifests, reports); overwrites."""
+        ...
+
+    def get(self, uri: str) -> bytes: ...
+
+    def exists(self, uri: str) -> bool: ...
+
+
+def _content_key(digest: str, suffix: str) -> str:
+    return f"sha256/{digest[:2]}/{digest}{suffix}"
+
+
+def _check_name(name: str) -> str:
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts:
+        raise ValueError(f"blob name must be relative without '..': {name!r}")
+    return "/".join(parts)
+
+
+class FileBlobStore:
+    """Blobs under a local directory; each write goes to a temp file, fsync, then rename."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def uri(self, key: str) -> str:
+        return (self.root / key).as_uri()
+
+    def put(self, data: bytes, *, suffix: str = "") -> str:
+        key = _content_key(hashlib.sha256(data).hexdigest(), suffix)
+        if not (self.root / key).exists():
+            self._write(key, [data])
+        return self.uri(key)
+
+    def put_file(self, path: Path, *, suffix: str = "") -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(_CHUNK), b""):
+                digest.update(block)
+        key = _content_key(digest.hexdigest(), suffix)
+        if not (self.root / key).exists():
+            with open(path, "rb") as f:
+                self._write(key, iter(lambda: f.read(_CHUNK), b""))
+        return self.uri(key)
+
+    def put_as(self, name: str, data: bytes) -> str:
+        key = _check_name(name)
+        self._write(key, [data])
+        return self.uri(key)
+
+    def get(self, uri: str) -> bytes:
+        try:
+            return self._path(uri).read_bytes()
+        except FileNotFoundError:
+            raise BadInput(f"no blob at {uri}", reason="blob_missing") from None
+
+    def exists(self, uri: str) -> bool:
+        return self._path(uri).exists()
+
+    def _path(self, uri: str) -> Path:
+        parsed = urlparse(uri)
+        path = Path(parsed.path).resolve()
+        if parsed.scheme != "file" or not path.is_relative_to(self.root):
+            raise BadInput(f"{uri} is not in this store ({self.root.as_uri()})", reason="bad_uri")
+        return path
+
+    def _write(self, key: str, blocks: object) -> None:
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for block in blocks:  # type: ignore[attr-defined]
+                    f.write(block)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class S3BlobStore:
+    """Blobs in an S3 bucket (or MinIO) under a prefix, through s3fs."""
+
+    def __init__(self, bucket_uri: str, settings: BlobSettings) -> None:
+        import s3fs  # the s3 extra; only needed when the store is on S3
+
+        parsed = urlparse(bucket_uri)
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        secret = settings.s3_secret_access_key
+        self.fs = s3fs.S3FileSystem(
+            key=settings.s3_access_key_id,
+            secret=secret.get_secret_value() if secret else None,
+            endpoint_url=settings.s3_endpoint_url,
+        )
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix + '/' if self.prefix else ''}{key}"
+
+    def put(self, data: bytes, *, suffix: str = "") -> str:
+        uri = self.uri(_content_key(hashlib.sha256(data).hexdigest(), suffix))
+        if not self.fs.exists(uri):
+            self.fs.pipe_file(uri, data)  # one PUT: S3 objects appear whole or not at all
+        return uri
+
+    def put_file(self, path: Path, *, suffix: str = "") -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(_CHUNK), b""):
+                digest.update(block)
+        uri = self.uri(_content_key(digest.hexdigest(), suffix))
+        if not self.fs.exists(uri):
+            self.fs.put_file(str(path), uri)
+        return uri
+
+    def put_as(self, name: str, data: bytes) -> str:
+        uri = self.uri(_check_name(name))
+        self.fs.pipe_file(uri, data)
+        return uri
+
+    def get(self, uri: str) -> bytes:
+        self._check(uri)
+        try:
+            return bytes(self.fs.cat_file(uri))
+        except FileNotFoundError:
+            raise BadInput(f"no blob at {uri}", reason="blob_missing") from None
+
+    def exists(self, uri: str) -> bool:
+        self._check(uri)
+        return bool(self.fs.exists(uri))
+
+    def _check(self, uri: str) -> None:
+        if not uri.startswith(self.uri("")):
+            raise BadInput(f"{uri} is not in this store ({self.uri('')})", reason="bad_uri")
+
+
+def open_store(settings: BlobSettings) -> BlobStore:
+    """The store `settings.store_uri` names: file://DIR (relative allowed) or s3://BUCKET/PREFIX."""
+    uri = settings.store_uri
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        # file://relative/dir is not standard but is what people type; take it as relative.
+        return FileBlobStore(Path(parsed.netloc + parsed.path))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"BLOB_STORE_URI {uri!r} has no bucket")
+        return S3BlobStore(uri, settings)
+    raise ValueError(f"BLOB_STORE_URI {uri!r}: use file://DIR or s3://BUCKET/PREFIX")

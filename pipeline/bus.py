@@ -1,0 +1,154 @@
+"""Kafka clients configured once for Apache Kafka and the embedded broker alike, plus topic admin.
+
+Every producer, consumer and admin client in the project is built here, so the settings that
+make them work with both brokers (short sessions, acks=all, idempotence) live in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from pipeline.settings import KafkaSettings
+
+
+def producer(settings: KafkaSettings, **overrides: object) -> KafkaProducer:
+    """A producer whose acknowledgements mean the data is on every in-sync replica."""
+    config: dict[str, object] = {
+        **settings.client_config(),
+        "acks": "all",
+        # Retries after a lost response would write twice; idempotence lets the broker drop them.
+        "enable_idempotence": True,
+        "linger_ms": 5,
+        "max_in_flight_requests_per_connection": 5,
+    }
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def consumer(settings: KafkaSettings, group_id: str | None, **overrides: object) -> KafkaConsumer:
+    """A consumer that never commits on its own: the worker commits after outputs are acked."""
+    config: dict[str, object] = {
+        **settings.client_config(),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
+    }
+    config.update(overrides)
+    return KafkaConsumer(**config)
+
+
+def admin(settings: KafkaSettings) -> KafkaAdminClient:
+    return KafkaAdminClient(**settings.client_config())
+
+
+def ensure_topics(settings: KafkaSettings, partitions: Mapping[str, int]) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    client = admin(settings)
+    try:
+        existing = set(client.list_topics())
+        missing = [NewTopic(name, n, 1) for name, n in partitions.items() if name not in existing]
+        created = []
+        for topic in missing:
+            try:
+                client.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass  # another process won the race: the topic exists, which is all we need
+        return created
+    finally:
+        client.close()
+
+
+def wait_until_reachable(settings: KafkaSettings, timeout_s: float = 30.0) -> None:
+    """Block until the cluster answers a metadata request, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin(settings).close()
+            return
+        except KafkaError as exc:
+            last = exc
+            time.sleep(0.1)
+    raise TimeoutError(f"no Kafka broker at {settings.bootstrap_servers} ({last})")
+
+
+def partitions_of(client: KafkaConsumer, topic: str) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for p in sorted(client.partitions_for_topic(topic) or ())]
+
+
+def end_offsets(client: KafkaConsumer, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    """The offset one past the last record of each partition.
+
+    The embedded broker (Tansu 0.6) answers ListOffsets(latest) with the base offset of the last
+    record batch plus one, which undercounts whenever producers batch. Reading that last batch
+    and taking its last offset gives the true end on Tansu and changes nothing on Apache Kafka.
+    `client` must be a consumer without a group (its assignment is replaced).
+    """
+    tps = list(tps)
+    reported: dict[TopicPartition, int] = client.end_offsets(tps)
+    last_batch = [tp for tp in tps if reported[tp] > 0]
+    true_end = dict(reported)
+    if not last_batch:
+        return true_end
+    client.assign(last_batch)
+    for tp in last_batch:
+        client.seek(tp, reported[tp] - 1)
+    pending = set(last_batch)
+    deadline = time.monotonic() + 5.0
+    while pending and time.monotonic() < deadline:
+        for tp, records in client.poll(timeout_ms=200).items():
+            true_end[tp] = max(true_end[tp], records[-1].offset + 1)
+            pending.discard(tp)
+            client.pause(tp)
+    client.assign([])
+    return true_end
+
+
+@dataclass(frozen=True)
+class GroupLag:
+    group: str
+    topic: str
+    committed: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return self.end - self.committed
+
+
+def group_lags(settings: KafkaSettings) -> list[GroupLag]:
+    """Committed offsets and lag per consumer group and topic, from offsets alone.
+
+    Computed from ListGroups + OffsetFetch rather than DescribeGroups, which the embedded
+    broker does not answer in a form the client accepts.
+    """
+    client = admin(settings)
+    reader = consumer(settings, group_id=None)
+    try:
+        committed: dict[str, dict[TopicPartition, int]] = {}
+        for group in client.list_groups():
+            gid = group["group_id"]
+            offsets = client.list_group_offsets(gid).get(gid, {})
+            committed[gid] = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+        tps = {tp for offsets in committed.values() for tp in offsets}
+        ends = end_offsets(reader, tps) if tps else {}
+        rows: dict[tuple[str, str], list[int]] = {}
+        for gid, offsets in committed.items():
+            for tp, offset in offsets.items():
+                row = rows.setdefault((gid, tp.topic), [0, 0])
+                row[0] += offset
+                row[1] += ends.get(tp, offset)
+        return [GroupLag(g, t, c, e) for (g, t), (c, e) in sorted(rows.items())]
+    finally:
+        reader.close()
+        client.close()

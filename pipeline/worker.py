@@ -1,0 +1,405 @@
+"""The one consume → validate → handle → produce → commit loop, written once for every service.
+
+A service supplies `handle(message) -> outputs`, plain or `async def`. The loop decodes each
+record (bad → DLQ), calls the handler (transient errors retried with backoff, permanent ones →
+DLQ), produces the outputs with acks=all and commits an offset only once everything before it
+has been acknowledged: delivery is at-least-once and nothing is lost. Async handlers run
+`concurrency` messages at once on an event loop thread; the loop itself stays the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from itertools import count
+from types import FrameType
+from typing import Generic, TypeVar
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError, RebalanceInProgressError
+from kafka.structs import OffsetAndMetadata
+
+from pipeline import bus, logs, topics
+from pipeline.errors import BadInput, Retryable
+from pipeline.messages import DlqRecord, Message, decode, encode
+from pipeline.metrics import WorkerMetrics
+from pipeline.settings import ServiceSettings
+
+log = logging.getLogger("pipeline.worker")
+
+In = TypeVar("In", bound=Message)
+Outputs = Iterable[Message]
+Handler = Callable[[In], Outputs] | Callable[[In], Awaitable[Outputs]]
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not acknowledge an output: nothing is committed, the process must restart."""
+
+
+@dataclass
+class Outcome:
+    """What became of one record's handling."""
+
+    outputs: list[Message] = field(default_factory=list)
+    error: BaseException | None = None
+    reason: str = ""
+    attempts: int = 0
+    #: Given up because the worker is stopping: neither done nor dead, redelivered next time.
+    abandoned: bool = False
+
+
+class _Offsets:
+    """Per partition, the offsets in hand and which are done; commits never pass an unfinished one."""
+
+    def __init__(self) -> None:
+        self._pending: dict[TopicPartition, dict[int, bool]] = {}
+        self._committed: dict[TopicPartition, int] = {}
+
+    def track(self, tp: TopicPartition, offset: int) -> None:
+        self._pending.setdefault(tp, {})[offset] = False
+
+    def done(self, tp: TopicPartition, offset: int) -> None:
+        if offset in self._pending.get(tp, {}):
+            self._pending[tp][offset] = True
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """Next offset to commit per partition, where it moved since the last commit."""
+        out = {}
+        for tp, offsets in self._pending.items():
+            nxt = None
+            for offset, finished in list(offsets.items()):  # insertion order is offset order
+                if not finished:
+                    break
+                nxt = offset + 1
+                del offsets[offset]
+            if nxt is not None and nxt != self._committed.get(tp):
+                out[tp] = nxt
+        return out
+
+    def committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self._committed.update(offsets)
+
+    def forget(self, tps: Iterable[TopicPartition]) -> None:
+        for tp in tps:
+            self._pending.pop(tp, None)
+            self._committed.pop(tp, None)
+
+    def last_seen(self, tp: TopicPartition) -> int | None:
+        offsets = self._pending.get(tp)
+        return next(reversed(offsets)) if offsets else self._committed.get(tp)
+
+
+class _Inline:
+    """Runs each message in the loop's own thread: sync handlers, one at a time."""
+
+    def __init__(self, run: Callable[[Message], Outcome], capacity: int) -> None:
+        self._run = run
+        # Nothing stays in flight (each message is done when submit returns), so a whole poll
+        # batch fits: polling one record at a time would cost far more than the handling.
+        self.capacity = capacity
+
+    def submit(self, message: Message) -> Future[Outcome]:
+        future: Future[Outcome] = Future()
+        future.set_result(self._run(message))
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+class _EventLoop:
+    """Runs async handlers on an event loop thread, `capacity` messages at a time."""
+
+    def __init__(self, run: Callable[[Message], Awaitable[Outcome]], capacity: int) -> None:
+        self._run = run
+        self.capacity = capacity
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="handlers", daemon=True)
+        self._thread.start()
+
+    def submit(self, message: Message) -> Future[Outcome]:
+        return asyncio.run_coroutine_threadsafe(self._run(message), self._loop)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+class Worker(Generic[In]):
+    """Consumes `settings.input_topic` as `model`, hands each message to `handle`, produces its
+    outputs to `routes[type(output)]` (default: the output class's TOPIC)."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        model: type[In],
+        handle: Handler[In],
+        *,
+        routes: Mapping[type[Message], str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.handle = handle
+        self.routes = dict(routes or {})
+        self.topic = settings.input_topic
+        self.dlq_topic = topics.dlq(self.topic)
+        self.metrics = WorkerMetrics(settings.service_name, self.topic)
+        self._stopping = threading.Event()
+        self._offsets = _Offsets()
+        self._inflight: dict[Future[Outcome], ConsumerRecord] = {}
+        self._unacked: list[tuple[str, Future[object]]] = []
+        self._last_commit = time.monotonic()
+        is_async = inspect.iscoroutinefunction(handle) or inspect.iscoroutinefunction(
+            getattr(handle, "__call__", None)  # noqa: B004 - an object with `async def __call__`
+        )
+        self._dispatch: _Inline | _EventLoop = (
+            _EventLoop(self._call_async, settings.concurrency)
+            if is_async
+            else _Inline(self._call_sync, settings.max_poll_records)
+        )
+        self._producer: KafkaProducer = bus.producer(settings.kafka)
+        self._consumer: KafkaConsumer = bus.consumer(
+            settings.kafka, settings.group, max_poll_records=settings.max_poll_records
+        )
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until SIGTERM/SIGINT (or `stop()`), then finish, commit and close."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        if self.settings.metrics_port is not None:
+            port = self.metrics.serve(self.settings.metrics_port)
+            log.info("metrics on :%d/metrics", port, extra={"metrics_port": port})
+        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+        log.info("consuming", extra={"topic": self.topic, "group": self.settings.group})
+        try:
+            while not self._stopping.is_set():
+                self._poll()
+                self._harvest(block=False)
+                if time.monotonic() - self._last_commit >= self.settings.commit_interval_s:
+                    self._commit()
+            self._drain()
+            self._commit()
+        finally:
+            self._dispatch.close()
+            self._consumer.close(autocommit=False)
+            self._producer.close()
+            log.info("stopped", extra={"topic": self.topic})
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: finishing the message in hand", signal.Signals(signum).name)
+        self._stopping.set()
+
+    def _poll(self) -> None:
+        room = self._dispatch.capacity - len(self._inflight)
+        if room <= 0:
+            self._harvest(block=True)
+            return
+        batch = self._consumer.poll(
+            timeout_ms=0 if self._inflight else 100,
+            max_records=min(room, self.settings.max_poll_records),
+        )
+        for tp, records in batch.items():
+            for record in records:
+                if self._stopping.is_set():
+                    return  # untracked, so never committed: the next owner handles it
+                self._accept(tp, record)
+                self._harvest(block=False)
+
+    def _accept(self, tp: TopicPartition, record: ConsumerRecord) -> None:
+        self._offsets.track(tp, record.offset)
+        self.metrics.consumed.inc()
+        try:
+            message = decode(self.model, record.value)
+        except BadInput as exc:
+            self._finish(record, Outcome(error=exc, reason=exc.reason))
+            return
+        self._inflight[self._dispatch.submit(message)] = record
+
+    def _harvest(self, *, block: bool) -> None:
+        if block and self._inflight:
+            wait(self._inflight, timeout=0.1, return_when=FIRST_COMPLETED)
+        for future in [f for f in self._inflight if f.done()]:
+            self._finish(self._inflight.pop(future), future.result())
+
+    def _drain(self) -> None:
+        while self._inflight:
+            self._harvest(block=True)
+
+    def _finish(self, record: ConsumerRecord, outcome: Outcome) -> None:
+        if outcome.abandoned:
+            return
+        tp = TopicPartition(record.topic, record.partition)
+        if outcome.error is None:
+            try:
+                encoded = [(self._route(m), m.key(), encode(m)) for m in outcome.outputs]
+            except BadInput as exc:
+                outcome = Outcome(error=exc, reason=exc.reason, attempts=outcome.attempts)
+            else:
+                for topic, key, value in encoded:
+                    self._send(topic, key, value)
+                self._offsets.done(tp, record.offset)
+                return
+        self._dead_letter(record, outcome)
+        self._offsets.done(tp, record.offset)
+
+    def _route(self, message: Message) -> str:
+        return self.routes.get(type(message), message.TOPIC)
+
+    def _dead_letter(self, record: ConsumerRecord, outcome: Outcome) -> None:
+        assert outcome.error is not None
+        dead = DlqRecord.of(
+            key=record.key,
+            value=record.value or b"",
+            error=outcome.error,
+            reason=outcome.reason,
+            service=self.settings.service_name,
+            attempts=outcome.attempts,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        self._send(self.dlq_topic, record.key, encode(dead))
+        self.metrics.dead_lettered(self.topic, outcome.reason)
+        log.warning(
+            "to %s: %s", self.dlq_topic, dead.error,
+            extra={"topic": record.topic, "partition": record.partition,
+                   "offset": record.offset, "reason": outcome.reason},
+        )
+
+    def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        self._unacked.append((topic, self._producer.send(topic, key=key, value=value)))
+
+    def _commit(self) -> None:
+        """Wait for every output to be acknowledged, then commit what is entirely done."""
+        self._last_commit = time.monotonic()
+        offsets = self._offsets.committable()
+        if self._unacked:
+            self._producer.flush()
+            failed = [(t, f.exception) for t, f in self._unacked if f.failed()]
+            if failed:
+                raise DeliveryError(f"{len(failed)} outputs not acknowledged, first: {failed[0]}")
+            for topic in {t for t, _ in self._unacked}:
+                self.metrics.produced(topic, sum(1 for t, _ in self._unacked if t == topic))
+            self._unacked.clear()
+        if not offsets:
+            return
+        try:
+            self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            # The partitions moved; their new owner re-reads from the last commit (duplicates
+            # downstream are allowed, deterministic ids make them harmless).
+            log.warning("commit skipped during rebalance: %s", exc)
+            return
+        self._offsets.committed(offsets)
+        self._report_lag(offsets)
+
+    def _report_lag(self, offsets: Mapping[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            end = self._consumer.highwater(tp)
+            if end is not None:
+                self.metrics.lag(tp.topic, tp.partition, max(0, end - offset))
+
+    def _revoked(self, tps: list[TopicPartition]) -> None:
+        self._drain()
+        self._commit()
+        self._offsets.forget(tps)
+
+    # --- one message: call the handler, retry what is transient ------------------------------
+
+    def _call_sync(self, message: Message) -> Outcome:
+        for attempt in count(1):
+            start = time.perf_counter()
+            try:
+                outputs = list(self.handle(message))  # type: ignore[arg-type, call-overload]
+                return Outcome(outputs=outputs, attempts=attempt)
+            except Exception as exc:  # noqa: BLE001 - classified just below
+                verdict = self._after_failure(exc, attempt)
+            finally:
+                self.metrics.handle_seconds.observe(time.perf_counter() - start)
+            if isinstance(verdict, Outcome):
+                return verdict
+            self._stopping.wait(verdict)
+        raise AssertionError("unreachable")
+
+    async def _call_async(self, message: Message) -> Outcome:
+        for attempt in count(1):
+            start = time.perf_counter()
+            try:
+                outputs = list(await self.handle(message))  # type: ignore[arg-type, misc]
+                return Outcome(outputs=outputs, attempts=attempt)
+            except Exception as exc:  # noqa: BLE001 - classified just below
+                verdict = self._after_failure(exc, attempt)
+            finally:
+                self.metrics.handle_seconds.observe(time.perf_counter() - start)
+            if isinstance(verdict, Outcome):
+                return verdict
+            deadline = time.monotonic() + verdict
+            while time.monotonic() < deadline and not self._stopping.is_set():
+                await asyncio.sleep(min(0.1, deadline - time.monotonic()))
+        raise AssertionError("unreachable")
+
+    def _after_failure(self, exc: Exception, attempt: int) -> Outcome | float:
+        """Either the final outcome of a failed attempt or the seconds to wait before the next."""
+        if isinstance(exc, BadInput):
+            return Outcome(error=exc, reason=exc.reason, attempts=attempt)
+        if not isinstance(exc, Retryable):
+            # A bug or an unforeseen library error: do not retry blindly and do not stall the
+            # partition behind it; the DLQ keeps the message and the log keeps the traceback.
+            log.error("handler failed", exc_info=exc)
+            return Outcome(error=exc, reason="internal_error", attempts=attempt)
+        if self._stopping.is_set():
+            return Outcome(abandoned=True, attempts=attempt)
+        if attempt >= self.settings.max_attempts:
+            return Outcome(error=exc, reason=exc.reason, attempts=attempt)
+        self.metrics.retries.inc()
+        delay = self._backoff(attempt, exc.retry_after)
+        log.info("retrying in %.2fs after: %s", delay, exc, extra={"attempt": attempt})
+        return delay
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.settings.backoff_max_s)
+        ceiling = min(self.settings.backoff_max_s, self.settings.backoff_initial_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Before partitions move away, finish what is in hand and commit it."""
+
+    def __init__(self, worker: Worker[Message]) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if revoked:
+            self.worker._revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+
+def run_service(
+    settings: ServiceSettings,
+    model: type[In],
+    handle: Handler[In],
+    *,
+    routes: Mapping[type[Message], str] | None = None,
+) -> None:
+    """Configure logging and run the worker loop until stopped: a service's whole `main`."""
+    logs.configure(settings.service_name, settings.log_level)
+    Worker(settings, model, handle, routes=routes).run()
