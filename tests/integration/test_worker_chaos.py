@@ -21,8 +21,10 @@ pytestmark = pytest.mark.integration
 def test_sigkill_three_times_loses_nothing(kafka, make_topic):
     a, b = make_topic("a", partitions=6), make_topic("b", partitions=6)
     run = kill_run(kafka, a, b, n=10_000, kills=3)
-    print(f"\n10,000 messages, {run.kills} SIGKILLs: lost {len(run.lost)}, "
-          f"duplicates on the wire {run.duplicates} ({run.dup_ratio:.2%})")
+    print(
+        f"\n10,000 messages, {run.kills} SIGKILLs: lost {len(run.lost)}, "
+        f"duplicates on the wire {run.duplicates} ({run.dup_ratio:.2%})"
+    )
     assert run.kills == 3
     assert run.lost == []
     # Every bad value is in the DLQ with the reason the loop gave, and the good ones still flowed.

@@ -35,16 +35,21 @@ BAD_VALUES: dict[str, tuple[bytes, str]] = {
 }
 
 
-def produce(settings: KafkaSettings, topic: str, n: int, payload_bytes: int = 1024,
-            bad_every: int = 0) -> dict[str, tuple[int, int]]:
-    """Produce items "0".."n-1" (and bad values every `bad_every`); returns key -> (partition, offset)."""
+def produce(
+    settings: KafkaSettings, topic: str, n: int, payload_bytes: int = 1024, bad_every: int = 0
+) -> dict[str, tuple[int, int]]:
+    """Produce items "0".."n-1", and the BAD_VALUES spread every `bad_every`.
+
+    Returns key -> (partition, offset) of everything sent.
+    """
     producer = bus.producer(settings)
     payload = "x" * max(0, payload_bytes - 60)  # ~payload_bytes of JSON per value
     futures = {}
     bad = iter(BAD_VALUES.items())
     for i in range(n):
-        futures[str(i)] = producer.send(topic, key=str(i).encode(),
-                                        value=encode(Item(id=str(i), payload=payload)))
+        futures[str(i)] = producer.send(
+            topic, key=str(i).encode(), value=encode(Item(id=str(i), payload=payload))
+        )
         if bad_every and i % bad_every == bad_every // 2:
             entry = next(bad, None)
             if entry:
@@ -55,8 +60,15 @@ def produce(settings: KafkaSettings, topic: str, n: int, payload_bytes: int = 10
     return {k: (f.get().partition, f.get().offset) for k, f in futures.items()}
 
 
-def start_worker(settings: KafkaSettings, in_topic: str, out_topic: str, group: str,
-                 delay_s: float = 0.0, mode: str = "sync", log: Path | None = None) -> subprocess.Popen[bytes]:
+def start_worker(
+    settings: KafkaSettings,
+    in_topic: str,
+    out_topic: str,
+    group: str,
+    delay_s: float = 0.0,
+    mode: str = "sync",
+    log: Path | None = None,
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
@@ -68,8 +80,13 @@ def start_worker(settings: KafkaSettings, in_topic: str, out_topic: str, group: 
         "PASSTHROUGH_LOG_LEVEL": "WARNING",
     }
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
-    return subprocess.Popen([sys.executable, "-m", "tests.support.passthrough"], env=env,
-                            cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.passthrough"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
 
 
 class TopicReader:
@@ -123,11 +140,18 @@ class KillRun:
         return self.duplicates / self.sent
 
 
-def kill_run(settings: KafkaSettings, in_topic: str, out_topic: str, n: int = 10_000,
-             kills: int = 3, delay_s: float = 0.001, timeout_s: float = 240.0) -> KillRun:
+def kill_run(
+    settings: KafkaSettings,
+    in_topic: str,
+    out_topic: str,
+    n: int = 10_000,
+    kills: int = 3,
+    delay_s: float = 0.001,
+    timeout_s: float = 240.0,
+) -> KillRun:
     """Pass n items through a worker SIGKILLed `kills` times mid-stream (restarted each time)."""
     group = f"{in_topic}-workers"
-    sent = produce(settings, in_topic, n, bad_every=n // len(BAD_VALUES))
+    produce(settings, in_topic, n, bad_every=n // len(BAD_VALUES))
     out, dead = TopicReader(settings, out_topic), TopicReader(settings, in_topic + ".dlq")
     worker = start_worker(settings, in_topic, out_topic, group, delay_s=delay_s)
     done = 0

@@ -1,0 +1,46 @@
+# Distillery — every entry point a developer or CI needs. `make help` lists them.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+export OMP_NUM_THREADS ?= 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast demo proto lint bench clean
+
+help: ## Show this list
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv and install the project with its dev tools
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch first, from local disk: otherwise a dependency pulls a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+test: install ## Run every test tier but gpu (unit, integration, e2e)
+	$(PY) -m pytest -m "not gpu"
+
+test-fast: install ## Unit tests only (seconds)
+	$(PY) -m pytest -m unit
+
+demo: install ## Run the pipeline on the embedded stack and say what happened
+	$(VENV)/bin/distillery demo
+
+proto: install ## Regenerate gRPC code from proto/ (reproducible; CI checks the tree stays clean)
+	@files=$$(find proto -name '*.proto'); \
+	if [ -z "$$files" ]; then echo "no .proto files under proto/ yet"; \
+	else $(PY) -m grpc_tools.protoc -Iproto --python_out=proto/gen --grpc_python_out=proto/gen \
+	     --pyi_out=proto/gen $$files; fi
+
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: install ## Run every benchmark; each prints one JSON line
+	@for m in benchmarks/[a-z]*.py; do n=$$(basename $$m .py); echo "== $$n"; \
+	$(PY) -m benchmarks.$$n || exit 1; done
+
+clean: ## Remove the venv and local state
+	rm -rf $(VENV) .distillery .pytest_cache .mypy_cache .ruff_cache

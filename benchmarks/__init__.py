@@ -1,0 +1,1 @@
+"""One module per figure, each ending with one JSON line: `python -m benchmarks.NAME`."""

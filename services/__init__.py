@@ -1,0 +1,1 @@
+"""The six services; each is `python -m services.<name>` and shares only `pipeline/`."""
