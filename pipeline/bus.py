@@ -90,28 +90,31 @@ def end_offsets(client: KafkaConsumer, tps: Iterable[TopicPartition]) -> dict[To
     """The offset one past the last record of each partition.
 
     The embedded broker (Tansu 0.6) answers ListOffsets(latest) with the base offset of the last
-    record batch plus one, which undercounts whenever producers batch. Reading that last batch
-    and taking its last offset gives the true end on Tansu and changes nothing on Apache Kafka.
-    `client` must be a consumer without a group (its assignment is replaced).
+    record batch plus one, which undercounts whenever producers batch; the high watermark in its
+    fetch responses is right. So fetch once from the reported end and take the larger of the
+    two: exact on Tansu, unchanged on Apache Kafka. `client` must be a consumer without a group
+    (its assignment is replaced).
     """
     tps = list(tps)
-    reported: dict[TopicPartition, int] = client.end_offsets(tps)
-    last_batch = [tp for tp in tps if reported[tp] > 0]
-    true_end = dict(reported)
-    if not last_batch:
-        return true_end
-    client.assign(last_batch)
-    for tp in last_batch:
-        client.seek(tp, reported[tp] - 1)
-    pending = set(last_batch)
+    ends: dict[TopicPartition, int] = dict(client.end_offsets(tps))
+    written = [tp for tp in tps if ends[tp] > 0]  # 0 means no batch at all: truly empty
+    if not written:
+        return ends
+    client.assign(written)
+    for tp in written:
+        client.seek(tp, ends[tp] - 1)
+    pending = set(written)
     deadline = time.monotonic() + 5.0
     while pending and time.monotonic() < deadline:
-        for tp, records in client.poll(timeout_ms=200).items():
-            true_end[tp] = max(true_end[tp], records[-1].offset + 1)
-            pending.discard(tp)
-            client.pause(tp)
+        client.poll(timeout_ms=100, max_records=1)
+        for tp in list(pending):
+            highwater = client.highwater(tp)
+            if highwater is not None:
+                ends[tp] = max(ends[tp], highwater)
+                pending.discard(tp)
+                client.pause(tp)
     client.assign([])
-    return true_end
+    return ends
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import re
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -27,6 +28,9 @@ from pipeline.errors import BadInput
 
 #: Messages carry URIs, never payloads; this is the contract's ceiling for one value.
 MAX_MESSAGE_BYTES = 256 * 1024
+#: Larger original values go to the blob store rather than into their DLQ record (base64
+#: grows them by a third, and the record must stay under MAX_MESSAGE_BYTES).
+DLQ_INLINE_BYTES = 128 * 1024
 
 #: Validation context marking values read off a topic (as opposed to built in code).
 _WIRE = "wire"
@@ -304,7 +308,10 @@ class DlqRecord(Message):
     KEY_FIELD = "original_key"
 
     original_key: str | None = None  # keys are ids, so UTF-8 text
-    value_b64: str  # the original bytes, exactly
+    #: The original bytes, exactly: inline (base64) when small, else in the blob store.
+    value_b64: str | None = None
+    value_uri: str | None = None
+    size: int = Field(ge=0)
     preview: str  # the first characters of the value, for people reading the topic
     error_type: NonEmpty
     reason: NonEmpty
@@ -329,10 +336,15 @@ class DlqRecord(Message):
         topic: str,
         partition: int,
         offset: int,
+        spill: Callable[[bytes], str],
     ) -> DlqRecord:
+        """`spill` stores a value too big to travel inline and returns its URI."""
+        inline = len(value) <= DLQ_INLINE_BYTES
         return cls(
             original_key=key.decode("utf-8", "replace") if key is not None else None,
-            value_b64=base64.b64encode(value).decode("ascii"),
+            value_b64=base64.b64encode(value).decode("ascii") if inline else None,
+            value_uri=None if inline else spill(value),
+            size=len(value),
             preview=value[:200].decode("utf-8", "replace"),
             error_type=type(error).__name__,
             reason=reason,
@@ -345,8 +357,19 @@ class DlqRecord(Message):
             failed_at=datetime.now(UTC),
         )
 
-    def original_value(self) -> bytes:
-        return base64.b64decode(self.value_b64)
+    @model_validator(mode="after")
+    def _one_value(self) -> DlqRecord:
+        if (self.value_b64 is None) == (self.value_uri is None):
+            raise ValueError("exactly one of value_b64 and value_uri must be set")
+        return self
+
+    def original_value(self, fetch: Callable[[str], bytes] | None = None) -> bytes:
+        """The original bytes; `fetch` (a blob store's `get`) is needed when they were spilled."""
+        if self.value_b64 is not None:
+            return base64.b64decode(self.value_b64)
+        if fetch is None:
+            raise ValueError(f"the value is in the blob store at {self.value_uri}: pass fetch")
+        return fetch(str(self.value_uri))
 
     def key(self) -> bytes | None:
         return None if self.original_key is None else self.original_key.encode("utf-8")

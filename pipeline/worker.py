@@ -29,6 +29,7 @@ from kafka.errors import CommitFailedError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from pipeline import bus, logs, topics
+from pipeline.blobstore import BlobStore, open_store
 from pipeline.errors import BadInput, Retryable
 from pipeline.messages import DlqRecord, Message, decode, encode
 from pipeline.metrics import WorkerMetrics
@@ -185,6 +186,7 @@ class Worker(Generic[In]):
         self.metrics = WorkerMetrics(settings.service_name, self.topic)
         self._stopping = threading.Event()
         self._offsets = _Offsets()
+        self._blob_store: BlobStore | None = None
         self._retry = RetryPolicy(
             settings.max_attempts, settings.backoff_initial_s, settings.backoff_max_s
         )
@@ -306,6 +308,7 @@ class Worker(Generic[In]):
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
+            spill=lambda value: self._blobs().put(value, suffix=".dlq"),
         )
         self._send(self.dlq_topic, record.key, encode(dead))
         self.metrics.dead_lettered(self.topic, reason)
@@ -320,6 +323,11 @@ class Worker(Generic[In]):
                 "reason": reason,
             },
         )
+
+    def _blobs(self) -> BlobStore:
+        if self._blob_store is None:  # opened on first need: most services never dead-letter
+            self._blob_store = open_store(self.settings.blobs)
+        return self._blob_store
 
     def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
         self._unacked.append((topic, self._producer.send(topic, key=key, value=value)))

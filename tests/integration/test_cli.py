@@ -1,0 +1,260 @@
+"""The `distillery` CLI run in subprocesses: up, status, topics, tail and down on a real stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kafka import TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from pipeline import bus, topics
+from pipeline.embedded import pid_alive
+from pipeline.messages import FolderSource, SourceRequest, encode
+from pipeline.settings import KafkaSettings
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(home: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DISTILLERY_HOME": str(home), "COLUMNS": "200"}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def children_of(pid: int) -> list[int]:
+    """Pids whose parent is `pid` (the supervisor's broker), read from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def rows(output: str, width: int) -> dict[str, list[str]]:
+    """The rows of the rich tables in `output` that have `width` cells, by first cell."""
+    table = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if line.startswith("│") and len(cells) == width:
+            table[cells[0]] = cells[1:]
+    return table
+
+
+def topic_rows(output: str) -> dict[str, list[str]]:
+    """topic -> [partitions, messages, dlq]"""
+    return rows(output, 4)
+
+
+def group_rows(output: str) -> dict[str, list[str]]:
+    """group -> [topic, committed, end, lag]"""
+    return rows(output, 5)
+
+
+@dataclass
+class Stack:
+    home: Path
+    up: subprocess.CompletedProcess[str]
+    supervisor_pid: int
+    broker_pids: list[int]
+    kafka: KafkaSettings
+
+
+def start_stack(home: Path) -> Stack:
+    up = cli(home, "up")
+    assert up.returncode == 0, up.stderr
+    state = json.loads((home / "state.json").read_text())
+    return Stack(
+        home,
+        up,
+        state["supervisor_pid"],
+        children_of(state["supervisor_pid"]),
+        KafkaSettings(bootstrap_servers=state["bootstrap"]),
+    )
+
+
+def kill_leftovers(stack: Stack) -> None:
+    """Whatever `down` left behind, killed by pid, so no test leaks a process."""
+    for pid in [stack.supervisor_pid, *stack.broker_pids]:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    """One stack shared by the tests that only read it or write to their own topics."""
+    s = start_stack(tmp_path_factory.mktemp("home"))
+    try:
+        yield s
+    finally:
+        try:
+            cli(s.home, "down")
+        finally:
+            kill_leftovers(s)
+
+
+def send(kafka: KafkaSettings, topic: str, values: list[bytes], **producer_config: object) -> None:
+    producer = bus.producer(kafka, **producer_config)
+    for value in values:
+        producer.send(topic, value=value)
+    producer.flush()
+    producer.close()
+
+
+def new_topic(kafka: KafkaSettings, partitions: int = 1) -> str:
+    name = f"cli-{uuid.uuid4().hex[:8]}"
+    bus.ensure_topics(kafka, {name: partitions})
+    return name
+
+
+def test_up_starts_an_embedded_broker_and_reports_it(stack):
+    assert f"broker  {stack.kafka.bootstrap_servers} (embedded Tansu)" in stack.up.stdout
+    assert len(stack.broker_pids) == 1 and pid_alive(stack.broker_pids[0])
+    status = cli(stack.home, "status")
+    assert status.returncode == 0, status.stderr
+    assert stack.kafka.bootstrap_servers in status.stdout
+
+
+def test_second_up_says_already_up(stack):
+    again = cli(stack.home, "up")
+    assert again.returncode == 0, again.stderr
+    assert f"already up (supervisor pid {stack.supervisor_pid})" in again.stdout
+    assert json.loads((stack.home / "state.json").read_text())["supervisor_pid"] == (
+        stack.supervisor_pid
+    )
+
+
+def test_topics_lists_every_pipeline_topic_with_its_partitions(stack):
+    result = cli(stack.home, "topics")
+    assert result.returncode == 0, result.stderr
+    table = topic_rows(result.stdout)
+    assert {name: cells[0] for name, cells in table.items() if name in topics.PIPELINE} == {
+        name: str(n) for name, n in topics.PARTITIONS.items()
+    }
+    assert table[topics.PARSED_TEXT][0] == "12"
+    assert not any(name.endswith(".dlq") for name in table), "DLQs are a column, not rows"
+
+
+def test_messages_sent_to_sources_are_counted_and_tailed(stack):
+    requests = [
+        SourceRequest(run_id=f"run-{i}", source=FolderSource(path=f"/data/{i}")) for i in range(3)
+    ]
+    send(stack.kafka, topics.SOURCES, [encode(r) for r in requests])
+
+    result = cli(stack.home, "topics")
+    assert result.returncode == 0, result.stderr
+    assert topic_rows(result.stdout)[topics.SOURCES] == ["1", "3", "0"]
+
+    tail = cli(stack.home, "tail", topics.SOURCES, "--no-follow")
+    assert tail.returncode == 0, tail.stderr
+    assert tail.stdout.count("source-request/1") == 3
+    for i in range(3):
+        assert f"sources[0]@{i}" in tail.stdout
+        assert f"run_id: run-{i}" in tail.stdout
+
+
+def test_tail_last_n_prints_only_the_newest(stack):
+    topic = new_topic(stack.kafka)
+    for i in range(5):  # one batch each
+        send(stack.kafka, topic, [json.dumps({"schema": "x/1", "n": i}).encode()])
+    tail = cli(stack.home, "tail", topic, "--no-follow", "-n", "2")
+    assert tail.returncode == 0, tail.stderr
+    assert [line.split()[0] for line in tail.stdout.splitlines() if "x/1" in line] == [
+        f"{topic}[0]@3",
+        f"{topic}[0]@4",
+    ]
+
+
+def test_tail_of_unknown_topic_fails_clearly(stack):
+    result = cli(stack.home, "tail", "nosuch", "--no-follow")
+    assert result.returncode != 0
+    assert "no topic 'nosuch'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_topics_counts_every_message_of_a_batched_send(stack):
+    topic = new_topic(stack.kafka)
+    # One producer batch of 50: Tansu reports its end as the batch's base offset + 1.
+    send(stack.kafka, topic, [b"m%d" % i for i in range(50)], linger_ms=1000)
+    result = cli(stack.home, "topics")
+    assert result.returncode == 0, result.stderr
+    assert topic_rows(result.stdout)[topic] == ["1", "50", "0"]
+
+
+def test_topics_counts_a_batch_larger_than_one_poll(stack):
+    topic = new_topic(stack.kafka)
+    # Tiny values fill the default 16 KiB batch with ~1,500 records; this makes it one batch.
+    send(stack.kafka, topic, [b"%d" % i for i in range(1000)], linger_ms=2000, batch_size=1_000_000)
+    result = cli(stack.home, "topics")
+    assert result.returncode == 0, result.stderr
+    assert topic_rows(result.stdout)[topic] == ["1", "1000", "0"]
+
+
+def test_topics_shows_a_groups_committed_offsets_and_lag(stack):
+    topic = new_topic(stack.kafka, partitions=2)
+    for partition in (0, 1):
+        producer = bus.producer(stack.kafka)
+        for i in range(5):
+            producer.send(topic, value=b"%d" % i, partition=partition)
+        producer.flush()
+        producer.close()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    consumer = bus.consumer(stack.kafka, group_id=group)
+    try:
+        consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+        consumer.commit(
+            {
+                TopicPartition(topic, 0): OffsetAndMetadata(3, "", -1),
+                TopicPartition(topic, 1): OffsetAndMetadata(1, "", -1),
+            }
+        )
+    finally:
+        consumer.close(autocommit=False)
+    result = cli(stack.home, "topics")
+    assert result.returncode == 0, result.stderr
+    assert group_rows(result.stdout)[group] == [topic, "4", "10", "6"]
+
+
+def test_down_stops_supervisor_and_broker_then_status_fails(tmp_path):
+    stack = start_stack(tmp_path)
+    try:
+        assert pid_alive(stack.supervisor_pid)
+        assert len(stack.broker_pids) == 1 and pid_alive(stack.broker_pids[0])
+        down = cli(tmp_path, "down")
+        assert down.returncode == 0, down.stderr
+        assert "stopped" in down.stdout
+        # down waits for the supervisor, which stops (and reaps) the broker before it exits.
+        assert not pid_alive(stack.supervisor_pid)
+        assert not pid_alive(stack.broker_pids[0])
+        assert not (tmp_path / "state.json").exists()
+    finally:
+        kill_leftovers(stack)
+
+    status = cli(tmp_path, "status")
+    assert status.returncode != 0
+    assert "no stack is running here" in status.stderr
+    assert "Traceback" not in status.stderr
+    again = cli(tmp_path, "down")
+    assert (again.returncode, again.stdout.strip()) == (0, "nothing running")

@@ -1,0 +1,251 @@
+"""The worker loop in-process on the real broker: retries, DLQ reasons, concurrency, commits."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline import bus
+from pipeline.blobstore import open_store
+from pipeline.errors import Retryable
+from pipeline.messages import DlqRecord, decode
+from pipeline.settings import BlobSettings, KafkaSettings
+from pipeline.worker import Worker
+from tests.support.bus_harness import TopicReader, committed, produce
+from tests.support.passthrough import Item, PassthroughSettings
+
+pytestmark = pytest.mark.integration
+
+MAX_ATTEMPTS = 3
+TIMEOUT_S = 60
+
+
+class Running:
+    """`worker.run()` on a background thread; on exit, stop and join it and re-raise its crash."""
+
+    def __init__(self, worker: Worker[Item]) -> None:
+        self.worker = worker
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="worker", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread in __exit__
+            self.error = exc
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "worker did not stop within 30 s"
+        if self.error is not None:
+            raise self.error
+
+    def wait_for(self, reader: TopicReader, predicate: Callable[[TopicReader], bool]) -> bool:
+        """Read `reader` until `predicate` holds; gives up early if the worker thread died."""
+        reader.read_until(lambda r: predicate(r) or not self.thread.is_alive(), TIMEOUT_S)
+        return predicate(reader)
+
+
+class Rig:
+    """An input topic (with its DLQ), an output topic, and readers on both."""
+
+    def __init__(
+        self, kafka: KafkaSettings, make_topic: Callable[..., str], partitions: int, blobs: Path
+    ):
+        self.kafka = kafka
+        self.blobs = BlobSettings(store_uri=blobs.as_uri())
+        self.source = make_topic("in", partitions)
+        self.sink = make_topic("out", 1)
+        self.group = f"{self.source}-{uuid.uuid4().hex[:6]}"
+        self.out = TopicReader(kafka, self.sink)
+        self.dlq = TopicReader(kafka, self.source + ".dlq")
+
+    def worker(self, handle: Callable, **overrides: object) -> Worker[Item]:
+        config: dict[str, object] = {
+            "backoff_initial_s": 0.01,
+            "backoff_max_s": 0.05,
+            "max_attempts": MAX_ATTEMPTS,
+            "commit_interval_s": 0.2,
+            **overrides,
+        }
+        settings = PassthroughSettings(
+            input_topic=self.source,
+            output_topic=self.sink,
+            kafka=self.kafka,
+            blobs=self.blobs,
+            group_id=self.group,
+            **config,
+        )
+        return Worker(settings, Item, handle, routes={Item: self.sink})
+
+    def produce(self, n: int) -> dict[str, tuple[int, int]]:
+        return produce(self.kafka, self.source, n, payload_bytes=100)
+
+    def dead(self) -> list[DlqRecord]:
+        return [decode(DlqRecord, r.value) for r in self.dlq.records]
+
+    def close(self) -> None:
+        self.out.close()
+        self.dlq.close()
+
+
+@pytest.fixture
+def rig(kafka, make_topic, tmp_path) -> Iterator[Rig]:
+    r = Rig(kafka, make_topic, partitions=1, blobs=tmp_path)
+    yield r
+    r.close()
+
+
+def retries(worker: Worker[Item]) -> float | None:
+    return worker.metrics.registry.get_sample_value(
+        "distillery_retries_total", {"service": worker.settings.service_name}
+    )
+
+
+def test_retryable_twice_then_success_produces_the_output(rig):
+    calls: Counter[str] = Counter()
+
+    def flaky(item: Item) -> list[Item]:
+        calls[item.id] += 1
+        if calls[item.id] <= 2:
+            raise Retryable("broker hiccup")
+        return [item]
+
+    rig.produce(1)
+    worker = rig.worker(flaky)
+    with Running(worker) as run:
+        assert run.wait_for(rig.out, lambda r: len(r.records) == 1)
+    assert rig.out.keys() == {"0": 1}
+    assert calls == {"0": 3}
+    assert retries(worker) == 2
+
+
+def test_always_retryable_ends_in_dlq_after_max_attempts(rig):
+    def down(item: Item) -> list[Item]:
+        raise Retryable("upstream is down")
+
+    positions = rig.produce(1)
+    worker = rig.worker(down)
+    with Running(worker) as run:
+        assert run.wait_for(rig.dlq, lambda r: len(r.records) == 1)
+    [dead] = rig.dead()
+    assert (dead.reason, dead.attempts, dead.error_type) == (
+        "retries_exhausted",
+        MAX_ATTEMPTS,
+        "Retryable",
+    )
+    assert (dead.topic, dead.partition, dead.offset) == (rig.source, *positions["0"])
+    assert retries(worker) == MAX_ATTEMPTS - 1
+    assert rig.out.records == []
+
+
+def test_unexpected_exception_goes_to_dlq_and_the_rest_flows(rig):
+    def buggy(item: Item) -> list[Item]:
+        if item.id == "1":
+            raise ValueError("a bug in the handler")
+        return [item]
+
+    positions = rig.produce(5)
+    with Running(rig.worker(buggy)) as run:
+        assert run.wait_for(rig.out, lambda r: len(r.records) == 4)
+        assert run.wait_for(rig.dlq, lambda r: len(r.records) == 1)
+    assert set(rig.out.keys()) == {"0", "2", "3", "4"}
+    [dead] = rig.dead()
+    assert (dead.reason, dead.attempts, dead.error_type) == ("internal_error", 1, "ValueError")
+    assert "a bug in the handler" in dead.error
+    assert (dead.topic, dead.partition, dead.offset) == (rig.source, *positions["1"])
+    assert decode(Item, dead.original_value()).id == "1"
+
+
+def test_async_handler_runs_exactly_concurrency_messages_at_once(rig):
+    in_flight = {"now": 0, "max": 0}
+
+    async def slow(item: Item) -> list[Item]:
+        in_flight["now"] += 1  # one event loop thread: no lock needed
+        in_flight["max"] = max(in_flight["max"], in_flight["now"])
+        try:
+            await asyncio.sleep(0.05)
+        finally:
+            in_flight["now"] -= 1
+        return [item]
+
+    rig.produce(40)
+    with Running(rig.worker(slow, concurrency=8)) as run:
+        assert run.wait_for(rig.out, lambda r: len(r.keys()) == 40)
+    assert set(rig.out.keys()) == {str(i) for i in range(40)}
+    assert in_flight["max"] == 8
+
+
+def test_several_outputs_for_one_input_all_arrive(rig):
+    def fan_out(item: Item) -> list[Item]:
+        return [Item(id=f"{item.id}.{k}") for k in range(3)]
+
+    rig.produce(5)
+    with Running(rig.worker(fan_out)) as run:
+        assert run.wait_for(rig.out, lambda r: len(r.records) == 15)
+    assert rig.out.keys() == {f"{i}.{k}": 1 for i in range(5) for k in range(3)}
+
+
+def test_output_over_size_limit_sends_input_to_dlq_without_partial_outputs(rig):
+    def inflate(item: Item) -> list[Item]:
+        if item.id == "0":
+            return [Item(id="0.small"), Item(id="0.huge", payload="x" * 300_000)]
+        return [item]
+
+    positions = rig.produce(2)
+    with Running(rig.worker(inflate)) as run:
+        assert run.wait_for(rig.dlq, lambda r: len(r.records) == 1)
+        # "1" comes after "0" on the same partitions in and out: once it is there, any
+        # output of "0" would be there too.
+        assert run.wait_for(rig.out, lambda r: "1" in r.keys())
+    assert rig.out.keys() == {"1": 1}
+    [dead] = rig.dead()
+    assert dead.reason == "message_too_large"
+    assert (dead.topic, dead.partition, dead.offset) == (rig.source, *positions["0"])
+
+
+def test_oversized_bad_input_goes_to_dlq_and_the_worker_survives(rig):
+    producer = bus.producer(rig.kafka)
+    big = producer.send(rig.source, key=b"big", value=b"not json " * 30_000)  # ~270 KB
+    producer.flush()
+    producer.close()
+    rig.produce(1)
+    with Running(rig.worker(lambda item: [item])) as run:
+        assert run.wait_for(rig.dlq, lambda r: len(r.records) == 1)
+        assert run.wait_for(rig.out, lambda r: "0" in r.keys())
+    [dead] = rig.dead()
+    assert (dead.reason, dead.offset) == ("not_json", big.get().offset)
+    # Too big to ride inline in its DLQ record: parked in the blob store, bytes intact.
+    assert dead.value_b64 is None and dead.size == len(b"not json " * 30_000)
+    assert dead.original_value(fetch=open_store(rig.blobs).get) == b"not json " * 30_000
+
+
+def test_stop_commits_every_offset_it_consumed(kafka, make_topic, tmp_path):
+    rig = Rig(kafka, make_topic, partitions=3, blobs=tmp_path)
+    try:
+        rig.produce(30)
+        # No periodic commit during the test: only the final commit in stop() can do it.
+        worker = rig.worker(lambda item: [item], commit_interval_s=600)
+        with Running(worker) as run:
+            assert run.wait_for(rig.out, lambda r: len(r.records) == 30)
+            assert committed(kafka, rig.group) == {}
+    finally:
+        rig.close()
+    reader = bus.consumer(kafka, group_id=None)
+    try:
+        ends = bus.end_offsets(reader, bus.partitions_of(reader, rig.source))
+    finally:
+        reader.close()
+    assert sum(ends.values()) == 30
+    assert committed(kafka, rig.group) == {tp: end for tp, end in ends.items() if end}
