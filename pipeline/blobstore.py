@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from pipeline.errors import BadInput
 from pipeline.settings import BlobSettings
@@ -39,8 +40,14 @@ class BlobStore(Protocol):
     def exists(self, uri: str) -> bool: ...
 
 
+_SUFFIX = re.compile(r"^(\.[A-Za-z0-9_-]+)*$")
+_CONTENT_DIR = "sha256"
+
+
 def _content_key(digest: str, suffix: str) -> str:
-    return f"sha256/{digest[:2]}/{digest}{suffix}"
+    if not _SUFFIX.match(suffix):
+        raise ValueError(f"blob suffix must look like '.pdf' or '.tar.gz': {suffix!r}")
+    return f"{_CONTENT_DIR}/{digest[:2]}/{digest}{suffix}"
 
 
 def _file_sha256(path: Path) -> str:
@@ -55,6 +62,8 @@ def _check_name(name: str) -> str:
     parts = Path(name).parts
     if not parts or Path(name).is_absolute() or ".." in parts:
         raise ValueError(f"blob name must be relative without '..': {name!r}")
+    if parts[0] == _CONTENT_DIR:
+        raise ValueError(f"{_CONTENT_DIR}/ is content-addressed; use put(), not put_as({name!r})")
     return "/".join(parts)
 
 
@@ -87,17 +96,17 @@ class FileBlobStore:
         return self.uri(key)
 
     def get(self, uri: str) -> bytes:
-        try:
-            return self._path(uri).read_bytes()
-        except FileNotFoundError:
-            raise BadInput(f"no blob at {uri}", reason="blob_missing") from None
+        path = self._path(uri)
+        if not path.is_file():
+            raise BadInput(f"no blob at {uri}", reason="blob_missing")
+        return path.read_bytes()
 
     def exists(self, uri: str) -> bool:
-        return self._path(uri).exists()
+        return self._path(uri).is_file()
 
     def _path(self, uri: str) -> Path:
         parsed = urlparse(uri)
-        path = Path(parsed.path).resolve()
+        path = Path(unquote(parsed.path)).resolve()  # as_uri() percent-quotes, so unquote
         if parsed.scheme != "file" or not path.is_relative_to(self.root):
             raise BadInput(f"{uri} is not in this store ({self.root.as_uri()})", reason="bad_uri")
         return path
@@ -112,6 +121,7 @@ class FileBlobStore:
                     f.write(block)
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide blobs from other service users
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -128,7 +138,11 @@ class S3BlobStore:
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         secret = settings.s3_secret_access_key
+        # A private instance without the listings cache: fsspec's shared, never-expiring cache
+        # would let one listing hide objects that other services write or delete later.
         self.fs = s3fs.S3FileSystem(
+            skip_instance_cache=True,
+            use_listings_cache=False,
             key=settings.s3_access_key_id,
             secret=secret.get_secret_value() if secret else None,
             endpoint_url=settings.s3_endpoint_url,
@@ -175,8 +189,10 @@ def open_store(settings: BlobSettings) -> BlobStore:
     uri = settings.store_uri
     parsed = urlparse(uri)
     if parsed.scheme == "file":
+        if parsed.netloc in ("", "localhost"):
+            return FileBlobStore(Path(unquote(parsed.path)))
         # file://relative/dir is not standard but is what people type; take it as relative.
-        return FileBlobStore(Path(parsed.netloc + parsed.path))
+        return FileBlobStore(Path(unquote(parsed.netloc + parsed.path)))
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"BLOB_STORE_URI {uri!r} has no bucket")

@@ -22,6 +22,7 @@ from pydantic import (
     ValidationInfo,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from pipeline import topics
 from pipeline.errors import BadInput
@@ -94,12 +95,22 @@ class Message(BaseModel):
         # Checked before the fields, so a value of another schema (or version) is reported as
         # such, not as a list of missing fields. Code may omit the tag; the wire may not.
         if isinstance(data, dict):
-            default = None if info.context == _WIRE else cls.SCHEMA
-            got = data.get("schema", data.get("schema_", default))
+            if info.context == _WIRE:
+                got = data.get("schema")
+            else:
+                got = data.get("schema", data.get("schema_", cls.SCHEMA))
             if got is None:
-                raise ValueError(f"no 'schema' field; this topic carries {cls.SCHEMA!r}")
+                raise PydanticCustomError(
+                    "wrong_schema",
+                    "no 'schema' field; this topic carries '{want}'",
+                    {"want": cls.SCHEMA},
+                )
             if got != cls.SCHEMA:
-                raise ValueError(f"wrong schema: {got!r}, this topic carries {cls.SCHEMA!r}")
+                raise PydanticCustomError(
+                    "wrong_schema",
+                    "wrong schema: '{got}', this topic carries '{want}'",
+                    {"got": got, "want": cls.SCHEMA},
+                )
         elif not isinstance(data, BaseModel):
             raise ValueError(f"a {cls.SCHEMA} value must be a JSON object")
         return data
@@ -405,7 +416,7 @@ def _reason(exc: ValidationError) -> str:
     errors = exc.errors()
     if any(e["type"] == "json_invalid" for e in errors):
         return "not_json"
-    if any("schema" in e["msg"] and not e["loc"] for e in errors):
+    if any(e["type"] == "wrong_schema" for e in errors):
         return "wrong_schema"
     return "invalid"
 
