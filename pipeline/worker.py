@@ -244,8 +244,10 @@ class Worker(Generic[In]):
         if room <= 0:
             self._harvest(block=True)
             return
+        # With handlers in flight, wait briefly (not 0: that would spin a core) so that
+        # finished ones are harvested promptly.
         batch = self._consumer.poll(
-            timeout_ms=0 if self._inflight else 100,
+            timeout_ms=20 if self._inflight else 100,
             max_records=min(room, self.settings.max_poll_records),
         )
         for tp, records in batch.items():
