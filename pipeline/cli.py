@@ -157,7 +157,7 @@ def _print_status(state: StackState) -> None:
     kind = "embedded Tansu" if state.embedded_broker else "external"
     console.print(f"broker  [bold]{state.bootstrap}[/bold] ({kind})")
     console.print(f"blobs   {state.blob_store}")
-    table = Table("service", "pid", "alive", "restarts", "log")
+    table = Table("service", "pid", "alive", "restarts", "metrics", "log")
     for name, info in state.services.items():
         pid = info.get("pid")
         alive = isinstance(pid, int) and pid_alive(pid)
@@ -166,6 +166,7 @@ def _print_status(state: StackState) -> None:
             str(pid or "-"),
             "[green]yes[/green]" if alive else "[red]no[/red]",
             str(info.get("restarts", 0)),
+            info.get("metrics", ""),
             info.get("log", ""),
         )
     if state.services:

@@ -114,6 +114,8 @@ class _Replica:
     spec: ServiceSpec
     index: int
     log_path: Path
+    #: Each replica's own Prometheus port, so replicas on one machine do not collide.
+    metrics_port: int
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -183,7 +185,7 @@ class Supervisor:
         self.bootstrap = bootstrap or (self.broker.bootstrap if self.broker else "")
         self.blob_store = f"file://{home / 'blobs'}"
         self.replicas = [
-            _Replica(spec, i, self.logs / f"{spec.name}-{i}.log")
+            _Replica(spec, i, self.logs / f"{spec.name}-{i}.log", free_port())
             for spec in self.specs
             for i in range(spec.replicas)
         ]
@@ -267,6 +269,7 @@ class Supervisor:
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "BLOB_STORE_URI": self.blob_store,
+            f"{replica.spec.name.upper()}_METRICS_PORT": str(replica.metrics_port),
             "PYTHONPATH": os.pathsep.join(
                 filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
             ),
@@ -289,6 +292,7 @@ class Supervisor:
             r.name: {
                 "pid": r.process.pid if r.process else None,
                 "restarts": r.restarts,
+                "metrics": f"http://127.0.0.1:{r.metrics_port}/metrics",
                 "log": str(r.log_path),
             }
             for r in self.replicas

@@ -186,6 +186,8 @@ class Worker(Generic[In]):
         self.metrics = WorkerMetrics(settings.service_name, self.topic)
         self._stopping = threading.Event()
         self._offsets = _Offsets()
+        #: The bound Prometheus port once `run()` serves metrics (settings may ask for 0: any).
+        self.metrics_port: int | None = None
         self._blob_store: BlobStore | None = None
         self._retry = RetryPolicy(
             settings.max_attempts, settings.backoff_initial_s, settings.backoff_max_s
@@ -214,8 +216,8 @@ class Worker(Generic[In]):
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         if self.settings.metrics_port is not None:
-            port = self.metrics.serve(self.settings.metrics_port)
-            log.info("metrics on :%d/metrics", port, extra={"metrics_port": port})
+            self.metrics_port = self.metrics.serve(self.settings.metrics_port)
+            log.info("metrics on :%d/metrics", self.metrics_port)
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         log.info("consuming", extra={"topic": self.topic, "group": self.settings.group})
         try:

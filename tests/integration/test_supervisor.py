@@ -59,7 +59,9 @@ def test_crashing_replica_restarts_with_growing_backoff(supervised):
 
     services = state(supervised.home)["services"]
     assert 3 <= services["crasher-0"]["restarts"] <= 4
-    assert services["sleeper-0"] == {
+    sleeper = services["sleeper-0"]
+    assert sleeper["metrics"].startswith("http://127.0.0.1:")
+    assert {k: v for k, v in sleeper.items() if k != "metrics"} == {
         "pid": sleeper_pid,
         "restarts": 0,
         "log": str(supervised.logs / "sleeper-0.log"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -249,3 +250,17 @@ def test_stop_commits_every_offset_it_consumed(kafka, make_topic, tmp_path):
         reader.close()
     assert sum(ends.values()) == 30
     assert committed(kafka, rig.group) == {tp: end for tp, end in ends.items() if end}
+
+
+def test_metrics_endpoint_reports_the_loop(rig):
+    rig.produce(3)
+    worker = rig.worker(lambda item: [item], metrics_port=0)
+    with Running(worker) as run:
+        assert run.wait_for(rig.out, lambda r: len(r.records) == 3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics") as resp:
+            text = resp.read().decode()
+    assert 'distillery_consumed_total{service="passthrough",topic="' in text
+    assert "distillery_handle_seconds_bucket" in text
+    assert worker.metrics.registry.get_sample_value(
+        "distillery_consumed_total", {"service": "passthrough", "topic": rig.source}
+    ) == 3
