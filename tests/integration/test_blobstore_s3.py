@@ -14,8 +14,8 @@ from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
 from pipeline.blobstore import S3BlobStore, open_store
-from pipeline.errors import BadInput
 from pipeline.settings import BlobSettings
+from tests.support.asserts import bad_input
 
 pytestmark = pytest.mark.integration
 
@@ -80,12 +80,6 @@ def store(endpoint: str, bucket: str) -> S3BlobStore:
 
 def keys(s3: Any, bucket: str) -> list[str]:
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
-
-
-def bad_input(call, *args: object) -> BadInput:
-    with pytest.raises(BadInput) as caught:
-        call(*args)
-    return caught.value
 
 
 def test_put_then_get(store):

@@ -12,8 +12,8 @@ import pytest
 
 from pipeline import blobstore
 from pipeline.blobstore import FileBlobStore, S3BlobStore, open_store
-from pipeline.errors import BadInput
 from pipeline.settings import BlobSettings
+from tests.support.asserts import bad_input
 
 pytestmark = pytest.mark.unit
 
@@ -31,12 +31,6 @@ def files_under(root: Path) -> list[Path]:
 
 def temp_files(root: Path) -> list[Path]:
     return [p for p in root.rglob(".tmp-*")]
-
-
-def bad_input(call, *args: object) -> BadInput:
-    with pytest.raises(BadInput) as caught:
-        call(*args)
-    return caught.value
 
 
 # --- content-addressed puts -----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The worker's commit bookkeeping and retry policy, without a broker."""
+"""The worker loop's pure decisions (commit bookkeeping, retry policy) and its log lines."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import logging
 import pytest
 from kafka import TopicPartition
 
+from pipeline.delivery import OffsetTracker, Outcome, RetryPolicy
 from pipeline.errors import BadInput, Retryable
 from pipeline.logs import JsonFormatter
-from pipeline.worker import Outcome, RetryPolicy, _Offsets
 
 pytestmark = pytest.mark.unit
 
@@ -18,7 +18,7 @@ TP = TopicPartition("t", 0)
 
 
 def test_commit_stops_at_first_unfinished_offset():
-    offsets = _Offsets()
+    offsets = OffsetTracker()
     for o in range(10, 15):
         offsets.track(TP, o)
     for o in (10, 11, 13, 14):  # 12 still in flight
@@ -32,7 +32,7 @@ def test_commit_stops_at_first_unfinished_offset():
 
 def test_partitions_are_independent():
     other = TopicPartition("t", 1)
-    offsets = _Offsets()
+    offsets = OffsetTracker()
     offsets.track(TP, 0)
     offsets.track(other, 7)
     offsets.done(other, 7)
@@ -40,7 +40,7 @@ def test_partitions_are_independent():
 
 
 def test_forgotten_partition_is_never_committed():
-    offsets = _Offsets()
+    offsets = OffsetTracker()
     offsets.track(TP, 3)
     offsets.forget([TP])
     offsets.done(TP, 3)  # a late finish for a partition that moved away
