@@ -4,7 +4,9 @@ A service supplies `handle(message) -> outputs`, plain or `async def`. The loop 
 record (bad → DLQ), calls the handler (transient errors retried with backoff, permanent ones →
 DLQ), produces the outputs with acks=all and commits an offset only once everything before it
 has been acknowledged: delivery is at-least-once and nothing is lost. Async handlers run
-`concurrency` messages at once on an event loop thread; the loop itself stays the same.
+`concurrency` messages at once on an event loop thread; an async *generator* handler streams
+its outputs as it yields them (a long job such as a scrape publishes as it goes). The loop
+itself stays the same.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from itertools import count
 from types import FrameType
@@ -38,7 +40,11 @@ log = logging.getLogger("pipeline.worker")
 
 In = TypeVar("In", bound=Message)
 Outputs = Iterable[Message]
-Handler = Callable[[In], Outputs] | Callable[[In], Awaitable[Outputs]]
+Handler = (
+    Callable[[In], Outputs]
+    | Callable[[In], Awaitable[Outputs]]
+    | Callable[[In], AsyncIterator[Message]]
+)
 
 
 class DeliveryError(RuntimeError):
@@ -112,9 +118,12 @@ class Worker(Generic[In]):
         )
         self._inflight: dict[Future[Outcome], ConsumerRecord] = {}
         self._unacked: list[tuple[str, Any]] = []  # (topic, kafka FutureRecordMetadata)
+        # Streamed outputs are sent from the handlers' thread, the rest from the loop's.
+        self._unacked_lock = threading.Lock()
         self._last_commit = time.monotonic()
-        is_async = inspect.iscoroutinefunction(handle) or inspect.iscoroutinefunction(
-            getattr(handle, "__call__", None)  # noqa: B004 - an object with `async def __call__`
+        call = getattr(handle, "__call__", None)  # noqa: B004 - an object with `async def __call__`
+        is_async = any(
+            inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f) for f in (handle, call)
         )
         self._dispatch: _Inline | _EventLoop = (
             _EventLoop(self._call_async, settings.concurrency)
@@ -161,14 +170,19 @@ class Worker(Generic[In]):
 
     def _poll(self) -> None:
         room = self._dispatch.capacity - len(self._inflight)
+        # At capacity, keep polling with every partition paused rather than not polling: a
+        # handler that runs for minutes (a scrape, a training run) must not look like a dead
+        # consumer to the group (max.poll.interval.ms) and have its partitions taken away.
         if room <= 0:
-            self._harvest(block=True)
-            return
+            self._consumer.pause(*self._consumer.assignment())
+        elif self._consumer.paused():
+            self._consumer.resume(*self._consumer.paused())
         # With handlers in flight, wait briefly (not 0: that would spin a core) so that
-        # finished ones are harvested promptly.
+        # finished ones are harvested promptly. A partition assigned during this poll is not
+        # paused yet and may add one batch beyond capacity; the next round pauses it.
         batch = self._consumer.poll(
             timeout_ms=20 if self._inflight else 100,
-            max_records=min(room, self.settings.max_poll_records),
+            max_records=max(1, min(room, self.settings.max_poll_records)),
         )
         for tp, records in batch.items():
             for record in records:
@@ -176,6 +190,8 @@ class Worker(Generic[In]):
                     return  # untracked, so never committed: the next owner handles it
                 self._accept(tp, record)
                 self._harvest(block=False)
+        if room <= 0:
+            self._harvest(block=True)
 
     def _accept(self, tp: TopicPartition, record: ConsumerRecord) -> None:
         self._offsets.track(tp, record.offset)
@@ -252,20 +268,29 @@ class Worker(Generic[In]):
         return self._blob_store
 
     def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self._unacked.append((topic, self._producer.send(topic, key=key, value=value)))
+        future = self._producer.send(topic, key=key, value=value)
+        with self._unacked_lock:
+            self._unacked.append((topic, future))
+
+    def _stream(self, message: Message) -> None:
+        """Send one output of an async generator handler now, from the handlers' thread."""
+        self._send(self._route(message), message.key(), encode(message))
 
     def _commit(self) -> None:
         """Wait for every output to be acknowledged, then commit what is entirely done."""
         self._last_commit = time.monotonic()
+        # Offsets first: a streamed output is sent before its record can finish, so every
+        # output of a committable record is already in `_unacked` when it is swapped out.
         offsets = self._offsets.committable()
-        if self._unacked:
+        with self._unacked_lock:
+            unacked, self._unacked = self._unacked, []
+        if unacked:
             self._producer.flush()
-            failed = [(t, f.exception) for t, f in self._unacked if f.failed()]
+            failed = [(t, f.exception) for t, f in unacked if f.failed()]
             if failed:
                 raise DeliveryError(f"{len(failed)} outputs not acknowledged, first: {failed[0]}")
-            for topic in {t for t, _ in self._unacked}:
-                self.metrics.produced(topic, sum(1 for t, _ in self._unacked if t == topic))
-            self._unacked.clear()
+            for topic in {t for t, _ in unacked}:
+                self.metrics.produced(topic, sum(1 for t, _ in unacked if t == topic))
         if not offsets:
             return
         try:
@@ -310,7 +335,14 @@ class Worker(Generic[In]):
         for attempt in count(1):
             start = time.perf_counter()
             try:
-                outputs = list(await self.handle(message))
+                result = self.handle(message)
+                if isinstance(result, AsyncIterator):
+                    # Streamed: each output is on its way when yielded. A retry after a
+                    # partial run sends some again, which deterministic ids make harmless.
+                    async for output in result:
+                        self._stream(output)
+                    return Outcome(attempts=attempt)
+                outputs = list(await result)
                 return Outcome(outputs=outputs, attempts=attempt)
             except Exception as exc:  # noqa: BLE001 - classified just below
                 verdict = self._after_failure(exc, attempt)

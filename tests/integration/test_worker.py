@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import urllib.request
 import uuid
 from collections import Counter
@@ -264,3 +265,45 @@ def test_metrics_endpoint_reports_the_loop(rig):
     assert worker.metrics.registry.get_sample_value(
         "distillery_consumed_total", {"service": "passthrough", "topic": rig.source}
     ) == 3
+
+
+def test_async_generator_handler_streams_outputs_before_it_finishes(rig):
+    release = threading.Event()
+
+    async def stream(item: Item):  # noqa: ANN202 - an async generator handler
+        yield Item(id=f"{item.id}.first")
+        while not release.is_set():  # the second output waits for the test to see the first
+            await asyncio.sleep(0.01)
+        yield Item(id=f"{item.id}.second")
+
+    rig.produce(1)
+    worker = rig.worker(stream)
+    with Running(worker) as run:
+        assert run.wait_for(rig.out, lambda r: "0.first" in r.keys())
+        assert committed(rig.kafka, rig.group) == {}  # not done yet, so not committed
+        release.set()
+        assert run.wait_for(rig.out, lambda r: "0.second" in r.keys())
+        deadline = time.monotonic() + TIMEOUT_S
+        while not committed(rig.kafka, rig.group) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert rig.out.keys() == {"0.first": 1, "0.second": 1}
+    assert sum(committed(rig.kafka, rig.group).values()) == 1
+
+
+def test_handler_longer_than_max_poll_interval_keeps_its_partitions(rig):
+    # A handler that runs past max.poll.interval.ms: the loop keeps polling with partitions
+    # paused, so the group does not evict it and the commit of its work succeeds.
+    async def slow(item: Item) -> list[Item]:
+        await asyncio.sleep(3.0)
+        return [item]
+
+    rig.kafka = rig.kafka.model_copy(update={"max_poll_interval_ms": 1500})
+    rig.produce(2)
+    worker = rig.worker(slow, commit_interval_s=0.2)
+    with Running(worker) as run:
+        assert run.wait_for(rig.out, lambda r: len(r.records) == 2)
+        deadline = time.monotonic() + TIMEOUT_S
+        while sum(committed(rig.kafka, rig.group).values()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert rig.out.keys() == {"0": 1, "1": 1}  # each handled once: no eviction, no redelivery
+    assert sum(committed(rig.kafka, rig.group).values()) == 2
