@@ -5,13 +5,14 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 export OMP_NUM_THREADS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo proto lint bench clean
+.PHONY: help install system-deps test test-fast demo proto lint bench clean
 
 help: ## Show this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## Create .venv and install the project with its dev tools
 $(STAMP): pyproject.toml
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || $(MAKE) system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first, from local disk: otherwise a dependency pulls a CUDA build.

@@ -22,7 +22,7 @@ from pathlib import Path
 from pipeline import bus
 from pipeline.embedded import Broker
 from pipeline.settings import KafkaSettings
-from tests.support.bus_harness import TopicReader, committed, kill_run, produce, start_worker
+from tests.support.bus_harness import TopicReader, kill_run, produce, start_worker
 
 N = int(os.environ.get("BENCH_BUS_N", "40000"))
 REPEATS = int(os.environ.get("BENCH_BUS_REPEATS", "3"))
@@ -43,7 +43,7 @@ def throughput(settings: KafkaSettings, workers: int, log: Path) -> float:
     procs = [start_worker(settings, a, b, group, log=log) for _ in range(workers)]
     try:
         deadline = time.time() + 300
-        while sum(committed(settings, group).values()) < N:
+        while sum(bus.committed(settings, group).values()) < N:
             if time.time() > deadline:
                 raise TimeoutError(f"{workers} worker(s) did not finish {N} messages")
             time.sleep(0.05)

@@ -39,6 +39,10 @@ class BlobStore(Protocol):
 
     def exists(self, uri: str) -> bool: ...
 
+    def uri(self, key: str) -> str:
+        """The URI that a relative name (as given to `put_as`) has in this store."""
+        ...
+
 
 _SUFFIX = re.compile(r"^(\.[A-Za-z0-9_-]+)*$")
 _CONTENT_DIR = "sha256"

@@ -117,6 +117,16 @@ def end_offsets(client: KafkaConsumer, tps: Iterable[TopicPartition]) -> dict[To
     return ends
 
 
+def committed(settings: KafkaSettings, group: str) -> dict[TopicPartition, int]:
+    """A consumer group's committed offsets (partitions it never committed are absent)."""
+    client = admin(settings)
+    try:
+        offsets = client.list_group_offsets(group).get(group, {})
+        return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+    finally:
+        client.close()
+
+
 @dataclass(frozen=True)
 class GroupLag:
     group: str

@@ -13,11 +13,12 @@ from typing import Annotated
 
 import typer
 from kafka.errors import KafkaError
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from pipeline import bus, topics
+from pipeline.cli_common import DEFAULT_HOME, HomeOption, console, fail, kafka_settings
+from pipeline.cli_scrape import scrape, submit
 from pipeline.embedded import (
     SERVICES,
     ServiceSpec,
@@ -26,37 +27,10 @@ from pipeline.embedded import (
     available_services,
     pid_alive,
 )
-from pipeline.messages import FolderSource, SourceRequest, encode
-from pipeline.settings import KafkaSettings
+from pipeline.messages import FolderSource
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
-err = Console(stderr=True)
-
-HomeOption = Annotated[
-    Path,
-    typer.Option(envvar="DISTILLERY_HOME", help="Where the stack keeps its state, logs and blobs."),
-]
-DEFAULT_HOME = Path(".distillery")
-
-
-def fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(1)
-
-
-def kafka_settings(home: Path) -> KafkaSettings:
-    """The cluster named by KAFKA_BOOTSTRAP_SERVERS, else the running embedded stack's."""
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        state = StackState.load(home)
-        if state is None or not pid_alive(state.supervisor_pid):
-            raise fail(
-                "no stack is running here: start one with `distillery up` "
-                "or point KAFKA_BOOTSTRAP_SERVERS at a cluster"
-            )
-        bootstrap = state.bootstrap
-    return KafkaSettings(bootstrap_servers=bootstrap)
+app.add_typer(scrape, name="scrape")
 
 
 def _parse_replicas(values: list[str]) -> dict[str, int]:
@@ -275,14 +249,8 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
     corpus = _demo_corpus()
     up(home=home)
     try:
-        settings = kafka_settings(home.resolve())
-        request = SourceRequest(
-            run_id=f"demo-{int(time.time())}", source=FolderSource(path=str(corpus))
-        )
-        producer = bus.producer(settings)
-        producer.send(topics.SOURCES, key=request.key(), value=encode(request)).get(timeout=30)
-        producer.close()
-        console.print(f"published run [bold]{request.run_id}[/bold]: folder {corpus}")
+        console.print(f"[bold]1. scrape[/bold] the folder {corpus}")
+        submit(FolderSource(path=str(corpus)), None, True, "scraper", home)
         running = set(available_services())
         table = Table("stage", "topic in", "service", "state")
         for service, topic in zip(SERVICES, topics.PIPELINE, strict=True):
@@ -292,11 +260,12 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
             table.add_row(str(SERVICES.index(service) + 1), topic, service, state)
         console.print(table)
         topics_(home=home)
-        if not running:
+        missing = [s for s in SERVICES if s not in running]
+        if missing:
             console.print(
-                "[yellow]Honest summary:[/yellow] the broker, topics and run request "
-                "work; no service exists yet to consume them, so no dataset, adapter, "
-                "report or gRPC answer was produced."
+                "[yellow]Honest summary:[/yellow] the documents are scraped and on "
+                f"{topics.RAW_DOCS}; {', '.join(missing)} are not built yet, so no chunks, "
+                "pairs, adapter, report or gRPC answer were produced."
             )
     finally:
         down(home=home)

@@ -123,20 +123,37 @@ class Message(BaseModel):
 
 
 class ArxivSource(BaseModel):
+    """With a category: that category's listing, `query` filtering titles and abstracts by
+    keywords. Without one: arXiv's search for `query`. `since` keeps papers first submitted
+    on or after that day."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: Literal["arxiv"] = "arxiv"
     query: str | None = None
     category: str | None = None
+    listing: Literal["new", "recent", "pastweek"] = "recent"
     since: date | None = None
     max_papers: int = Field(50, ge=1)
+    #: Fetch from private or loopback addresses (a mirror on the local network; tests).
+    allow_private: bool = False
+
+    @model_validator(mode="after")
+    def _query_or_category(self) -> ArxivSource:
+        if not (self.query or self.category):
+            raise ValueError("an arxiv source needs a query, a category, or both")
+        return self
 
 
 class SiteSource(BaseModel):
+    """Crawl from `start_url` within its registered domain (plus `allow_hosts`)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     kind: Literal["site"] = "site"
     start_url: NonEmpty
     max_pages: int = Field(200, ge=1)
     max_depth: int = Field(5, ge=0)
+    allow_hosts: tuple[str, ...] = ()
+    allow_private: bool = False
 
 
 class FolderSource(BaseModel):
@@ -173,6 +190,8 @@ class SourceInfo(BaseModel):
     license: str | None = None
     #: arXiv id with version ("2106.09685v2"); absent for other kinds.
     external_id: str | None = None
+    #: arXiv categories, primary first ("cs.CL", "cs.LG").
+    categories: tuple[str, ...] = ()
 
 
 class RawDoc(Message):
@@ -186,6 +205,8 @@ class RawDoc(Message):
     size: int = Field(ge=0)
     source: SourceInfo
     run_id: NonEmpty
+    #: The abstract as the source lists it (arXiv); not copied onto chunks.
+    abstract: str | None = None
 
 
 # --- parsed-text: clean chunks ----------------------------------------------------------------

@@ -19,7 +19,7 @@ from pipeline.errors import Retryable
 from pipeline.messages import DlqRecord, decode
 from pipeline.settings import BlobSettings, KafkaSettings
 from pipeline.worker import Worker
-from tests.support.bus_harness import TopicReader, committed, produce
+from tests.support.bus_harness import TopicReader, produce
 from tests.support.passthrough import Item, PassthroughSettings
 
 pytestmark = pytest.mark.integration
@@ -241,7 +241,7 @@ def test_stop_commits_every_offset_it_consumed(kafka, make_topic, tmp_path):
         worker = rig.worker(lambda item: [item], commit_interval_s=600)
         with Running(worker) as run:
             assert run.wait_for(rig.out, lambda r: len(r.records) == 30)
-            assert committed(kafka, rig.group) == {}
+            assert bus.committed(kafka, rig.group) == {}
     finally:
         rig.close()
     reader = bus.consumer(kafka, group_id=None)
@@ -250,7 +250,7 @@ def test_stop_commits_every_offset_it_consumed(kafka, make_topic, tmp_path):
     finally:
         reader.close()
     assert sum(ends.values()) == 30
-    assert committed(kafka, rig.group) == {tp: end for tp, end in ends.items() if end}
+    assert bus.committed(kafka, rig.group) == {tp: end for tp, end in ends.items() if end}
 
 
 def test_metrics_endpoint_reports_the_loop(rig):
@@ -262,9 +262,12 @@ def test_metrics_endpoint_reports_the_loop(rig):
             text = resp.read().decode()
     assert 'distillery_consumed_total{service="passthrough",topic="' in text
     assert "distillery_handle_seconds_bucket" in text
-    assert worker.metrics.registry.get_sample_value(
-        "distillery_consumed_total", {"service": "passthrough", "topic": rig.source}
-    ) == 3
+    assert (
+        worker.metrics.registry.get_sample_value(
+            "distillery_consumed_total", {"service": "passthrough", "topic": rig.source}
+        )
+        == 3
+    )
 
 
 def test_async_generator_handler_streams_outputs_before_it_finishes(rig):
@@ -280,14 +283,14 @@ def test_async_generator_handler_streams_outputs_before_it_finishes(rig):
     worker = rig.worker(stream)
     with Running(worker) as run:
         assert run.wait_for(rig.out, lambda r: "0.first" in r.keys())
-        assert committed(rig.kafka, rig.group) == {}  # not done yet, so not committed
+        assert bus.committed(rig.kafka, rig.group) == {}  # not done yet, so not committed
         release.set()
         assert run.wait_for(rig.out, lambda r: "0.second" in r.keys())
         deadline = time.monotonic() + TIMEOUT_S
-        while not committed(rig.kafka, rig.group) and time.monotonic() < deadline:
+        while not bus.committed(rig.kafka, rig.group) and time.monotonic() < deadline:
             time.sleep(0.1)
     assert rig.out.keys() == {"0.first": 1, "0.second": 1}
-    assert sum(committed(rig.kafka, rig.group).values()) == 1
+    assert sum(bus.committed(rig.kafka, rig.group).values()) == 1
 
 
 def test_handler_longer_than_max_poll_interval_keeps_its_partitions(rig):
@@ -303,7 +306,7 @@ def test_handler_longer_than_max_poll_interval_keeps_its_partitions(rig):
     with Running(worker) as run:
         assert run.wait_for(rig.out, lambda r: len(r.records) == 2)
         deadline = time.monotonic() + TIMEOUT_S
-        while sum(committed(rig.kafka, rig.group).values()) < 2 and time.monotonic() < deadline:
+        while sum(bus.committed(rig.kafka, rig.group).values()) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
     assert rig.out.keys() == {"0": 1, "1": 1}  # each handled once: no eviction, no redelivery
-    assert sum(committed(rig.kafka, rig.group).values()) == 2
+    assert sum(bus.committed(rig.kafka, rig.group).values()) == 2

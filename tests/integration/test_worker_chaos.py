@@ -6,10 +6,10 @@ import signal
 
 import pytest
 
+from pipeline import bus
 from tests.support.bus_harness import (
     BAD_VALUES,
     TopicReader,
-    committed,
     kill_run,
     produce,
     start_worker,
@@ -46,7 +46,7 @@ def test_sigterm_commits_everything_it_produced(kafka, make_topic):
         if worker.poll() is None:
             worker.kill()
     out.read_until(lambda r: False, 1.0)  # whatever was still in flight
-    offsets = {tp.partition: o for tp, o in committed(kafka, group).items()}
+    offsets = {tp.partition: o for tp, o in bus.committed(kafka, group).items()}
     produced = set(out.keys())
     assert n // 3 <= len(produced) < n, "SIGTERM should land mid-stream"
     # Everything that reached B is committed, and nothing committed is missing from B.

@@ -14,8 +14,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kafka import TopicPartition
-
 from pipeline import bus
 from pipeline.messages import DlqRecord, decode, encode
 from pipeline.settings import KafkaSettings
@@ -93,6 +91,7 @@ class TopicReader:
     """Reads a whole topic from the beginning, incrementally, with no consumer group."""
 
     def __init__(self, settings: KafkaSettings, topic: str) -> None:
+        self.settings = settings
         self.consumer = bus.consumer(settings, group_id=None)
         self.consumer.assign(bus.partitions_of(self.consumer, topic))
         self.consumer.seek_to_beginning()
@@ -111,20 +110,22 @@ class TopicReader:
                 return True
         return False
 
+    def read_to_end(self, timeout_s: float = 30.0) -> bool:
+        """Read everything the topic holds now."""
+        probe = bus.consumer(self.settings, group_id=None)
+        try:
+            ends = bus.end_offsets(probe, self.consumer.assignment())
+        finally:
+            probe.close()
+        return self.read_until(
+            lambda r: all(r.consumer.position(tp) >= end for tp, end in ends.items()), timeout_s
+        )
+
     def keys(self) -> Counter[str]:
         return Counter(r.key.decode() for r in self.records)
 
     def close(self) -> None:
         self.consumer.close()
-
-
-def committed(settings: KafkaSettings, group: str) -> dict[TopicPartition, int]:
-    client = bus.admin(settings)
-    try:
-        offsets = client.list_group_offsets(group).get(group, {})
-        return {tp: m.offset for tp, m in offsets.items() if m.offset >= 0}
-    finally:
-        client.close()
 
 
 @dataclass

@@ -1,0 +1,3 @@
+from services.scraper.main import main
+
+main()
