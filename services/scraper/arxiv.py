@@ -28,8 +28,9 @@ async def scrape(ctx: Context, source: ArxivSource, run_id: str) -> AsyncIterato
         url = core.search_url(
             base, source.query or "", settings.arxiv_page_size, newest_first=bool(source.since)
         )
-    published, seen = 0, set[str]()
-    while url and published < source.max_papers:
+    published, seen, pages = 0, set[str](), set[str]()
+    while url and url not in pages and published < source.max_papers:
+        pages.add(url)  # a page that links back to one already read ends the walk
         page = await ctx.render(url, policy)
         parse = core.parse_listing if source.category else core.parse_search
         listing = parse(page.html, page.url)

@@ -19,12 +19,15 @@ class ScraperSettings(ServiceSettings):
     arxiv_base_url: str = "https://arxiv.org"
     #: Entries per arXiv listing or search page (arXiv accepts 25, 50, 100, 200).
     arxiv_page_size: int = Field(50, ge=1)
-    #: Sent with every request; arXiv and site owners ask for a way to reach the operator.
-    user_agent: str = "distillery-scraper/0.1 (+https://github.com/distillery/distillery)"
-    contact: str = Field("", description="an e-mail address appended to the User-Agent")
+    #: Sent with every request, with `contact`: arXiv and site owners ask for a way to reach
+    #: whoever runs a crawler.
+    user_agent: str = "distillery-scraper/0.1"
+    #: An e-mail address (or URL) for the User-Agent; main.py warns when it is empty.
+    contact: str = ""
 
-    #: Requests in flight at once, across hosts.
-    download_concurrency: int = Field(8, ge=1)
+    #: Requests in flight at once, across hosts (Scrapy's default too); the politeness delay
+    #: still spaces the requests to any one host.
+    download_concurrency: int = Field(16, ge=1)
     #: Seconds between two requests to the same host, unless `host_delays` says otherwise.
     politeness_delay_s: float = Field(1.0, ge=0)
     #: Per registered domain; arXiv asks for one request every 3 s.
@@ -46,7 +49,7 @@ class ScraperSettings(ServiceSettings):
 
     @property
     def agent(self) -> str:
-        return f"{self.user_agent} {self.contact}".strip() if self.contact else self.user_agent
+        return f"{self.user_agent} (+{self.contact})" if self.contact else self.user_agent
 
     def delay_for(self, domain: str) -> float:
         return self.host_delays.get(domain, self.politeness_delay_s)

@@ -10,15 +10,17 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from pathlib import PurePosixPath
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 from urllib.robotparser import RobotFileParser
 
+import lxml.html
 import tldextract
-from bs4 import BeautifulSoup, Tag
+from lxml.etree import ParserError
+from lxml.html import HtmlElement
 
 from pipeline.errors import BadInput
 
@@ -70,12 +72,41 @@ class ArxivPaper:
         return f"{self.arxiv_id}v{self.version}"
 
 
-def _text(node: Tag | None) -> str:
+# --- HTML through lxml: with BeautifulSoup, parsing was the scraper's bottleneck -------------
+
+_UTF8 = lxml.html.HTMLParser(encoding="utf-8")
+
+
+def _parse(html: str | bytes) -> HtmlElement:
+    """A document from bytes (their declared charset honoured) or text; never fails."""
+    data, parser = (html.encode("utf-8"), _UTF8) if isinstance(html, str) else (html, None)
+    try:
+        return lxml.html.document_fromstring(data, parser=parser)
+    except ParserError:  # nothing but whitespace or comments
+        return lxml.html.document_fromstring(b"<html><body></body></html>")
+
+
+def _one(node: HtmlElement, css: str) -> HtmlElement | None:
+    found = node.cssselect(css)
+    return found[0] if found else None
+
+
+def _words(node: HtmlElement | None) -> str:
+    """The node's text, its pieces joined by single spaces."""
+    return "" if node is None else " ".join(" ".join(node.itertext()).split())
+
+
+def _text(node: HtmlElement | None) -> str:
+    """Like `_words`, without arXiv's "Title:", "Authors:" labels."""
     if node is None:
         return ""
-    for descriptor in node.select(".descriptor"):
-        descriptor.extract()  # "Title:", "Authors:" labels
-    return " ".join(node.get_text(" ").split())
+    for descriptor in node.cssselect(".descriptor"):
+        descriptor.drop_tree()  # keeps the text that follows it
+    return _words(node)
+
+
+def _names(nodes: list[HtmlElement]) -> tuple[str, ...]:
+    return tuple(_words(n) for n in nodes)
 
 
 def _day(text: str) -> date | None:
@@ -109,41 +140,43 @@ def abs_url(base: str, arxiv_id: str) -> str:
 
 def parse_listing(html: str, url: str) -> ListingPage:
     """A /list/CATEGORY/... page: <dt>/<dd> pairs under day headings, paging links."""
-    soup = BeautifulSoup(html, "lxml")
+    doc = _parse(html)
     entries: list[ListingEntry] = []
     day: date | None = None
-    articles = soup.select_one("dl#articles") or soup
-    for node in articles.find_all(["h3", "dt", "dd"]):
-        if node.name == "h3":
-            day = _day(node.get_text(" "))
-        elif node.name == "dt":
-            link = node.select_one('a[href*="/abs/"]')
-            m = ARXIV_ID.search(str(link["href"])) if link else None
+    # A listing has one <dl id="articles"> per day, each after its day heading.
+    for node in doc.iter("h3", "dt", "dd"):
+        if node.tag == "h3":
+            day = _day(_words(node))
+        elif node.tag == "dt":
+            link = _one(node, 'a[href*="/abs/"]')
+            m = ARXIV_ID.search(link.get("href", "")) if link is not None else None
             if m:
                 entries.append(ListingEntry(arxiv_id=m.group(1), date_hint=day))
         elif entries and not entries[-1].title:
-            authors = tuple(a.get_text(" ", strip=True) for a in node.select(".list-authors a"))
             entries[-1] = ListingEntry(
                 arxiv_id=entries[-1].arxiv_id,
-                title=_text(node.select_one(".list-title")),
-                authors=authors,
-                categories=_categories(_text(node.select_one(".list-subjects"))),
-                abstract=_text(node.select_one("p.mathjax")),
+                title=_text(_one(node, ".list-title")),
+                authors=_names(node.cssselect(".list-authors a")),
+                categories=_categories(_text(_one(node, ".list-subjects"))),
+                abstract=_text(_one(node, "p.mathjax")),
                 date_hint=entries[-1].date_hint,
             )
-    return ListingPage(entries, _next_page(soup, url))
+    return ListingPage(entries, _next_page(doc, url))
 
 
-def _next_page(soup: BeautifulSoup, url: str) -> str | None:
+def _next_page(doc: HtmlElement, url: str) -> str | None:
     """The page after this one: arXiv pages with `skip` (listings) or `start` (search)."""
-    nxt = soup.select_one("a.pagination-next[href]")
+    nxt = _one(doc, "a.pagination-next[href]")
     if nxt is not None:
-        return urljoin(url, str(nxt["href"]))
+        # On the last page arXiv keeps the link, empty and hidden.
+        href = nxt.get("href", "").strip()
+        hidden = "is-invisible" in nxt.get("class", "").split()
+        return None if hidden or not href else urljoin(url, href)
     param = "skip"
     here = int(dict(parse_qsl(urlsplit(url).query)).get(param, "0"))
     later = []
-    for a in soup.select(".paging a[href], nav.pagination a[href]"):
-        target = urljoin(url, str(a["href"]))
+    for a in doc.cssselect(".paging a[href], nav.pagination a[href]"):
+        target = urljoin(url, a.get("href", ""))
         skip = dict(parse_qsl(urlsplit(target).query)).get(param)
         if skip is not None and skip.isdigit() and int(skip) > here:
             later.append((int(skip), target))
@@ -152,76 +185,74 @@ def _next_page(soup: BeautifulSoup, url: str) -> str | None:
 
 def parse_search(html: str, url: str) -> ListingPage:
     """A /search/ results page: <li class="arxiv-result"> items and a "Next" link."""
-    soup = BeautifulSoup(html, "lxml")
+    doc = _parse(html)
     entries = []
-    for item in soup.select("li.arxiv-result"):
-        link = item.select_one('.list-title a[href*="/abs/"]')
-        m = ARXIV_ID.search(str(link["href"])) if link else None
+    for item in doc.cssselect("li.arxiv-result"):
+        link = _one(item, '.list-title a[href*="/abs/"]')
+        m = ARXIV_ID.search(link.get("href", "")) if link is not None else None
         if not m:
             continue
-        full = item.select_one(".abstract-full")
+        full = _one(item, ".abstract-full")
         if full is not None:
-            for less in full.select("a"):
-                less.extract()  # "△ Less"
-        dates = item.select_one("p.is-size-7")
-        submitted = _SUBMITTED.search(dates.get_text(" ")) if dates else None
+            for less in full.cssselect("a"):
+                less.drop_tree()  # "△ Less"
+        submitted = _SUBMITTED.search(_words(_one(item, "p.is-size-7")))
         hint = None
         if submitted:
             hint = datetime.strptime(" ".join(submitted.groups()), "%d %B %Y").date()
         entries.append(
             ListingEntry(
                 arxiv_id=m.group(1),
-                title=_text(item.select_one("p.title")),
-                authors=tuple(a.get_text(" ", strip=True) for a in item.select("p.authors a")),
-                categories=tuple(t.get_text(strip=True) for t in item.select(".tags .tag")),
+                title=_text(_one(item, "p.title")),
+                authors=_names(item.cssselect("p.authors a")),
+                # Category tags; a DOI badge is a tag too, in a group "with addons".
+                categories=_names(item.cssselect(".tags:not(.has-addons) .tag")),
                 abstract=_text(full),
                 date_hint=hint,
             )
         )
-    return ListingPage(entries, _next_page(soup, url))
+    return ListingPage(entries, _next_page(doc, url))
 
 
 def parse_abstract(html: str, url: str) -> ArxivPaper:
     """An /abs/ID page: citation meta tags, the dateline and the submission history."""
-    soup = BeautifulSoup(html, "lxml")
+    doc = _parse(html)
 
     def meta(name: str) -> list[str]:
-        return [str(t["content"]) for t in soup.select(f'meta[name="{name}"][content]')]
+        return [t.get("content", "") for t in doc.cssselect(f'meta[name="{name}"][content]')]
 
     ident = (meta("citation_arxiv_id") or [""])[0]
     m = ARXIV_ID.fullmatch(ident) or ARXIV_ID.search(url)
     if not m:
         raise BadInput(f"{url}: no arXiv id on the abstract page", reason="not_an_abstract_page")
-    history = soup.select_one(".submission-history")
-    versions = [int(v) for v in re.findall(r"\[v(\d+)\]", history.get_text(" ") if history else "")]
-    this = re.search(r"this version, v(\d+)", soup.get_text(" "))
+    dateline = _words(_one(doc, ".dateline"))
+    versions = [int(v) for v in re.findall(r"\[v(\d+)\]", _words(_one(doc, ".submission-history")))]
+    this = re.search(r"this version, v(\d+)", dateline)
     version = int(this.group(1)) if this else (max(versions) if versions else int(m.group(2) or 1))
-    published = _first_submission(soup, meta("citation_date"))
+    published = _first_submission(dateline, meta("citation_date"))
     if published is None:
         raise BadInput(f"{url}: no submission date on the abstract page", reason="no_date")
-    license_link = soup.select_one(".abs-license a[href]")
-    title = (meta("citation_title") or [_text(soup.select_one("h1.title"))])[0]
-    authors = tuple(a.get_text(" ", strip=True) for a in soup.select(".authors a"))
+    license_link = _one(doc, ".abs-license a[href]")
+    title = (meta("citation_title") or [_text(_one(doc, "h1.title"))])[0]
+    authors = _names(doc.cssselect(".authors a"))
     return ArxivPaper(
         arxiv_id=m.group(1),
         version=version,
         title=" ".join(title.split()),
         authors=authors or tuple(meta("citation_author")),
-        abstract=_text(soup.select_one("blockquote.abstract")),
-        categories=_categories(_text(soup.select_one(".subjects"))),
+        abstract=_text(_one(doc, "blockquote.abstract")),
+        categories=_categories(_text(_one(doc, ".subjects"))),
         published=published,
-        license=str(license_link["href"]) if license_link else None,
+        license=license_link.get("href") if license_link is not None else None,
         # The exact version, so the bytes match the metadata even if a v3 appears meanwhile.
         pdf_url=urljoin(url, f"/pdf/{m.group(1)}v{version}"),
     )
 
 
-def _first_submission(soup: BeautifulSoup, citation_dates: list[str]) -> date | None:
-    dateline = soup.select_one(".dateline")
-    if dateline is not None:
-        day = _day(dateline.get_text(" "))  # "[Submitted on 17 Jun 2021 (v1), last revised ...]"
-        if day:
-            return day
+def _first_submission(dateline: str, citation_dates: list[str]) -> date | None:
+    day = _day(dateline)  # "[Submitted on 17 Jun 2021 (v1), last revised ...]"
+    if day:
+        return day
     for value in citation_dates:  # "2021/06/17"
         try:
             return datetime.strptime(value, "%Y/%m/%d").date()
@@ -271,13 +302,17 @@ def canonical_url(url: str, base: str | None = None) -> str | None:
 
 
 def _resolve_dots(path: str) -> str:
+    """RFC 3986 dot-segment removal: /a/b/../c -> /a/c, and /a/b/.. -> /a/ (a directory)."""
     out: list[str] = []
-    for segment in path.split("/")[1:]:
+    segments = path.split("/")[1:]
+    for segment in segments:
         if segment == "..":
             if out:
                 out.pop()
         elif segment != ".":
             out.append(segment)
+    if segments and segments[-1] in (".", ".."):
+        out.append("")
     return "/" + "/".join(out)
 
 
@@ -286,7 +321,11 @@ def is_asset(url: str) -> bool:
     return PurePosixPath(urlsplit(url).path).suffix.lower() in ASSET_EXTENSIONS
 
 
-_extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)  # bundled list, offline
+# The list bundled with tldextract (no download), with its private part: alice.github.io is
+# one site and bob.github.io another.
+_extract = tldextract.TLDExtract(
+    suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True
+)
 
 
 @lru_cache(maxsize=4096)
@@ -333,12 +372,28 @@ class Policy:
             return
         for address in addresses:
             ip = ipaddress.ip_address(address.split("%")[0])
-            if not ip.is_global or ip.is_multicast:
+            if not _public(ip):
                 raise BadInput(
                     f"{url}: resolves to the private or reserved address {address}; "
                     "the source does not allow private addresses",
                     reason="private_address",
                 )
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if not ip.is_global or ip.is_multicast:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv6 spellings of an IPv4 address (mapped, 6to4, NAT64) are as public as it is.
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return _public(embedded)
+    return True
 
 
 # --- pages and bytes --------------------------------------------------------------------------
@@ -376,31 +431,34 @@ class PageLinks:
 
 def page_links(html: str | bytes, url: str) -> PageLinks:
     """Title, declared canonical URL and the canonical form of every http(s) link on a page."""
-    soup = BeautifulSoup(html, "lxml")
-    base_tag = soup.select_one("base[href]")
-    base = urljoin(url, str(base_tag["href"])) if base_tag else url
-    canonical_tag = soup.select_one('link[rel="canonical"][href]')
-    canonical = canonical_url(str(canonical_tag["href"]), base) if canonical_tag else None
+    doc = _parse(html)
+    base_tag = _one(doc, "base[href]")
+    base = urljoin(url, base_tag.get("href", "")) if base_tag is not None else url
+    canonical_tag = _one(doc, 'link[rel="canonical"][href]')
+    canonical = (
+        canonical_url(canonical_tag.get("href", ""), base) if canonical_tag is not None else None
+    )
     links: dict[str, None] = {}
-    for a in soup.select("a[href]"):
-        if "nofollow" in (a.get("rel") or []):
+    for a in doc.cssselect("a[href]"):
+        if "nofollow" in a.get("rel", "").lower().split():
             continue
-        target = canonical_url(str(a["href"]), base)
+        target = canonical_url(a.get("href", ""), base)
         if target and not is_asset(target):
             links[target] = None
-    title = soup.title.get_text(" ", strip=True) if soup.title else None
+    title = _words(_one(doc, "title"))
     return PageLinks(title=title or None, canonical=canonical, links=list(links))
 
 
 def needs_javascript(html: str | bytes) -> bool:
     """A page whose body is an empty shell filled in by scripts (a single-page app)."""
-    soup = BeautifulSoup(html, "lxml")
-    if not soup.find("script"):
+    doc = _parse(html)
+    if not doc.cssselect("script"):
         return False
-    body = soup.body or soup
-    for node in body.find_all(["script", "style", "noscript", "template"]):
-        node.extract()
-    return len(" ".join(body.get_text(" ").split())) < 200
+    body = doc.find("body")
+    body = doc if body is None else body
+    for node in list(body.iter("script", "style", "noscript", "template")):
+        node.drop_tree()
+    return len(_words(body)) < 200
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -414,6 +472,8 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # asctime and "-0000" dates: HTTP dates are always GMT
+        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
 
 

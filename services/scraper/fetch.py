@@ -56,14 +56,13 @@ class Fetcher:
         self._host_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._next_turn: dict[str, float] = {}
         self._robots: dict[str, RobotFileParser] = {}
-        #: Requests sent, for the progress log.
-        self.requests = 0
+        self._robots_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    async def get(self, url: str, policy: Policy, *, max_bytes: int | None = None) -> Response:
+    async def get(self, url: str, policy: Policy) -> Response:
         """GET `url` under `policy`; BadInput for what will never work, Retryable for the rest."""
         for _hop in range(self.settings.max_redirects + 1):
             await self.admit(url, policy)
-            response = await self._attempts(url, max_bytes or self.settings.max_bytes)
+            response = await self._attempts(url, self.settings.max_bytes)
             if response.status in _REDIRECTS and "location" in response.headers:
                 url = urljoin(url, response.headers["location"])
                 continue
@@ -98,15 +97,19 @@ class Fetcher:
     async def _rules(self, url: str) -> RobotFileParser:
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
-        if origin not in self._robots:
-            await self._wait_turn(parts.hostname or "")
-            response = await self._attempts(origin + "/robots.txt", 512 * 1024)
-            # RFC 9309: a missing robots.txt (4xx) allows everything; a server error after
-            # retries is transient, so the request is retried later rather than guessed.
-            if response.status >= 500:
-                raise Retryable(f"{origin}/robots.txt: HTTP {response.status}", reason="robots")
-            text = response.body.decode("utf-8", "replace") if response.status == 200 else None
-            self._robots[origin] = robots_rules(text)
+        async with self._robots_locks[origin]:  # a burst of first requests asks once
+            if origin not in self._robots:
+                await self._wait_turn(parts.hostname or "")
+                response = await self._attempts(origin + "/robots.txt", 512 * 1024)
+                # RFC 9309: a missing robots.txt (4xx) allows everything; a server error after
+                # retries is transient, so the request is retried later rather than guessed.
+                # A redirected robots.txt is taken as missing (RFC 9309 asks to follow it).
+                if response.status >= 500:
+                    raise Retryable(f"{origin}/robots.txt: HTTP {response.status}", reason="robots")
+                ok = response.status == 200
+                self._robots[origin] = robots_rules(
+                    response.body.decode("utf-8", "replace") if ok else None
+                )
         return self._robots[origin]
 
     async def _wait_turn(self, host: str) -> None:
@@ -149,7 +152,6 @@ class Fetcher:
 
     async def _once(self, url: str, max_bytes: int) -> Response:
         async with self._slots, self._client.stream("GET", url) as r:
-            self.requests += 1
             declared = r.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise BadInput(

@@ -6,6 +6,7 @@ the first paper while the scraper fetches the next.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 
 from pipeline.blobstore import open_store
@@ -51,6 +52,11 @@ def make_handler(ctx: Context) -> Callable[[SourceRequest], AsyncIterator[RawDoc
 
 def main() -> None:
     settings = load(ScraperSettings)
+    if not settings.contact:
+        logging.getLogger("scraper").warning(
+            "SCRAPER_CONTACT is empty: set an e-mail address for the User-Agent, as arXiv and "
+            "site owners ask of crawlers"
+        )
     ctx = make_context(settings)
     try:
         run_service(settings, SourceRequest, make_handler(ctx))
