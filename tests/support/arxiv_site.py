@@ -16,9 +16,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
+
+from tests.support.static_site import Server
 
 LICENSE = "http://arxiv.org/licenses/nonexclusive-distrib/1.0/"
 CC_BY = "http://creativecommons.org/licenses/by/4.0/"
@@ -230,8 +232,7 @@ class ArxivSite:
         self._lock = threading.Lock()
         self.log: list[tuple[float, str]] = []
         self._by_id = {p.arxiv_id: p for p in self.papers}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
+        self._server = Server(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> ArxivSite:

@@ -12,6 +12,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 
+class Server(ThreadingHTTPServer):
+    # The stdlib's listen backlog is 5: a burst of concurrent connections would lose SYNs and
+    # wait a second for the retransmit. Real servers listen with hundreds (nginx: 511).
+    request_queue_size = 512
+    daemon_threads = True
+
+
 @dataclass(frozen=True)
 class Route:
     status: int = 200
@@ -28,8 +35,7 @@ class StaticSite:
     requests: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
+        self._server = Server(("127.0.0.1", 0), _handler(self))
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
 
