@@ -8,7 +8,7 @@ export OMP_NUM_THREADS ?= 1
 .PHONY: help install system-deps test test-fast demo proto lint bench clean
 
 help: ## Show this list
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## Create .venv and install the project with its dev tools
 $(STAMP): pyproject.toml
@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $@
+
+# Debian's Chromium and its driver: the scraper's browser (Selenium never downloads one here).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps: ## Install the Debian packages the services need (Chromium, chromedriver)
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver
 
 test: install ## Run every test tier but gpu (unit, integration, e2e)
 	$(PY) -m pytest -m "not gpu"
