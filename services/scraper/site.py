@@ -25,30 +25,36 @@ async def scrape(ctx: Context, source: SiteSource, run_id: str) -> AsyncIterator
     level = [start]
     published: set[str] = set()  # doc ids: the same page under two URLs is one document
     for depth in range(source.max_depth + 1):
-        room = source.max_pages - len(published)
-        if not level or room <= 0:
-            break
-        # The start page must work: if it cannot be had (refused address, robots, 404), the
-        # request itself is bad and goes to the DLQ with the reason.
-        entries = await asyncio.gather(
-            *(_page(ctx, policy, run_id, url, strict=depth == 0) for url in level[:room])
-        )
-        following = []
-        for entry in entries:
-            if entry.doc is not None and entry.doc.doc_id not in published:
-                published.add(entry.doc.doc_id)
-                yield entry.doc
-            for link in entry.links:
-                if link not in seen and _in_scope(policy, link):
-                    seen.add(link)
-                    following.append(link)
+        following: list[str] = []
+        fetched = 0
+        while level and len(published) < source.max_pages:
+            # No more pages at once than documents still wanted; a dead link frees its
+            # place for the next link of the level.
+            room = source.max_pages - len(published)
+            batch, level = level[:room], level[room:]
+            # The start page must work: if it cannot be had (refused address, robots, 404),
+            # the request itself is bad and goes to the DLQ with the reason.
+            entries = await asyncio.gather(
+                *(_page(ctx, policy, run_id, url, strict=depth == 0) for url in batch)
+            )
+            fetched += len(entries)
+            for entry in entries:
+                if entry.doc is not None and entry.doc.doc_id not in published:
+                    published.add(entry.doc.doc_id)
+                    yield entry.doc
+                for link in entry.links:
+                    if link not in seen and _in_scope(policy, link):
+                        seen.add(link)
+                        following.append(link)
         log.info(
             "depth %d: %d pages fetched, %d documents so far, %d links to follow",
             depth,
-            len(entries),
+            fetched,
             len(published),
             len(following),
         )
+        if not following or len(published) >= source.max_pages:
+            break
         level = following
 
 
