@@ -25,18 +25,16 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from pipeline.blobstore import FileBlobStore
 from pipeline.messages import ArxivSource, SourceRequest
 from pipeline.settings import BlobSettings, KafkaSettings
 from services.scraper.browser import CHROMIUM_FLAGS, Browser
 from services.scraper.config import ScraperSettings
-from services.scraper.context import Context
-from services.scraper.fetch import Fetcher
-from services.scraper.main import make_handler
+from services.scraper.main import make_context, make_handler
 from tests.support.arxiv_site import REAL_PAPERS, ArxivSite, Paper
 
 N = int(os.environ.get("BENCH_SCRAPE_N", "40"))
@@ -72,7 +70,8 @@ def ours(site: Site, browser: Browser) -> tuple[float, int]:
             arxiv_base_url=site.url,
             politeness_delay_s=0,
         )
-        ctx = Context(settings, Fetcher(settings), browser, FileBlobStore(Path(blobs)))
+        ctx = make_context(settings, CollectorRegistry())
+        ctx.browser = browser  # warm, shared with every run
         request = SourceRequest(
             run_id="bench", source=ArxivSource(category="cs.CL", max_papers=N, allow_private=True)
         )

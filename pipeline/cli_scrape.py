@@ -133,6 +133,7 @@ def _build(model: type[SourceSpec], **fields: object) -> SourceSpec:
 
 
 def submit(source: SourceSpec, run_id: str | None, follow: bool, group: str, home: Path) -> None:
+    """Publish a scrape request to `sources`; with `follow`, watch it until it is done."""
     settings = kafka_settings(home.resolve())
     request = SourceRequest(
         run_id=run_id or f"{source.kind}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
@@ -148,7 +149,6 @@ def submit(source: SourceSpec, run_id: str | None, follow: bool, group: str, hom
     console.print(f"run [bold]{request.run_id}[/bold] published to {topics.SOURCES}")
     if watch is not None:
         watch.until_done(group, TopicPartition(topics.SOURCES, sent.partition), sent.offset)
-    return request.run_id
 
 
 class _Watch:

@@ -10,12 +10,15 @@ NAMESPACE = "distillery"
 class WorkerMetrics:
     """The worker loop's metrics for one process, labelled by service so replicas stack.
 
-    Services add their own (tokens, cost, loss) to `registry` so one endpoint serves all.
+    Services register their own (tokens, cost, loss) in the registry they hand the worker
+    (`run_service(..., registry=)`), so one endpoint serves all.
     """
 
-    def __init__(self, service: str, input_topic: str) -> None:
+    def __init__(
+        self, service: str, input_topic: str, registry: CollectorRegistry | None = None
+    ) -> None:
         self.service = service
-        self.registry = CollectorRegistry()
+        self.registry = registry or CollectorRegistry()
 
         def counter(name: str, doc: str, *labels: str) -> Counter:
             return Counter(

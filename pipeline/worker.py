@@ -27,6 +27,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, Topic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
+from prometheus_client import CollectorRegistry
 
 from pipeline import bus, logs, topics
 from pipeline.blobstore import BlobStore, open_store
@@ -99,6 +100,7 @@ class Worker(Generic[In]):
         handle: Handler[In],
         *,
         routes: Mapping[type[Message], str] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
@@ -107,7 +109,7 @@ class Worker(Generic[In]):
         self.routes = dict(routes or {})
         self.topic = settings.input_topic
         self.dlq_topic = topics.dlq(self.topic)
-        self.metrics = WorkerMetrics(settings.service_name, self.topic)
+        self.metrics = WorkerMetrics(settings.service_name, self.topic, registry)
         self._stopping = threading.Event()
         self._offsets = OffsetTracker()
         #: The bound Prometheus port once `run()` serves metrics (settings may ask for 0: any).
@@ -386,7 +388,11 @@ def run_service(
     handle: Handler[In],
     *,
     routes: Mapping[type[Message], str] | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> None:
-    """Configure logging and run the worker loop until stopped: a service's whole `main`."""
+    """Configure logging and run the worker loop until stopped: a service's whole `main`.
+
+    `registry` holds the service's own metrics, served beside the loop's on one endpoint.
+    """
     logs.configure(settings.service_name, settings.log_level)
-    Worker(settings, model, handle, routes=routes).run()
+    Worker(settings, model, handle, routes=routes, registry=registry).run()

@@ -109,7 +109,7 @@ async def _paper(
     except BadInput as exc:
         # This paper cannot be had (robots, too large, not a PDF...): the run goes on, and a
         # resumed run does not ask again.
-        log.warning("skipped %s: %s", entry.arxiv_id, exc, extra={"reason": exc.reason})
+        ctx.skipped(entry.arxiv_id, exc)
         doc = None
     await ctx.remember(run_key, LedgerEntry(doc=doc))
     return doc

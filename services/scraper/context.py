@@ -17,6 +17,7 @@ from services.scraper.browser import Browser, Page
 from services.scraper.config import ScraperSettings
 from services.scraper.core import PDF, Policy
 from services.scraper.fetch import Fetcher
+from services.scraper.metrics import ScraperMetrics
 
 log = logging.getLogger("scraper")
 
@@ -38,6 +39,7 @@ class Context:
     fetcher: Fetcher
     browser: Browser
     store: BlobStore
+    metrics: ScraperMetrics
 
     async def known(self, key: str) -> LedgerEntry | None:
         """What the ledger holds for `key` ("arxiv/2106.09685v2", "run/R/url/https://...")."""
@@ -74,6 +76,11 @@ class Context:
             run_id=run_id,
             abstract=abstract,
         )
+
+    def skipped(self, what: str, error: BadInput) -> None:
+        """A paper, page or file the run goes on without."""
+        log.warning("skipped %s: %s", what, error, extra={"reason": error.reason})
+        self.metrics.skipped(error.reason)
 
     async def render(self, url: str, policy: Policy) -> Page:
         """Open `url` in the browser once the fetcher's checks pass; the page's final URL is

@@ -24,6 +24,7 @@ import httpx
 from pipeline.errors import BadInput, Retryable
 from services.scraper.config import ScraperSettings
 from services.scraper.core import Policy, registered_domain, retry_after_seconds, robots_rules
+from services.scraper.metrics import ScraperMetrics
 
 log = logging.getLogger("scraper.fetch")
 
@@ -45,9 +46,10 @@ class Response:
 class Fetcher:
     """One per service process; used from the worker's event loop."""
 
-    def __init__(self, settings: ScraperSettings, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: ScraperSettings, metrics: ScraperMetrics) -> None:
         self.settings = settings
-        self._client = client or httpx.AsyncClient(
+        self.metrics = metrics
+        self._client = httpx.AsyncClient(
             headers={"User-Agent": settings.agent},
             timeout=httpx.Timeout(settings.timeout_s),
             follow_redirects=False,  # each hop is checked against the policy first
@@ -167,4 +169,5 @@ class Fetcher:
                             reason="too_large",
                         )
                     chunks.append(chunk)
+            self.metrics.response(r.status_code, size)
             return Response(str(r.url), r.status_code, r.headers, b"".join(chunks))

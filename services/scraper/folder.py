@@ -35,7 +35,8 @@ async def scrape(ctx: Context, source: FolderSource, run_id: str) -> AsyncIterat
         body = await asyncio.to_thread(path.read_bytes)
         kind = core.sniff(body[:2048])
         if kind != SUFFIXES[path.suffix.lower()]:
-            log.warning("skipped %s: its content is not what its name says", path)
+            error = BadInput(f"{path}: its content is not what its name says", reason="mismatch")
+            ctx.skipped(str(path), error)
             continue
         info = SourceInfo(kind="local", url=path.as_uri(), title=path.stem)
         doc = await ctx.publish(body, kind, info, run_id)

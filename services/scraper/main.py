@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from prometheus_client import CollectorRegistry
+
 from pipeline.blobstore import open_store
 from pipeline.messages import ArxivSource, RawDoc, SiteSource, SourceRequest
 from pipeline.settings import load
@@ -18,12 +20,14 @@ from services.scraper.browser import Browser
 from services.scraper.config import ScraperSettings
 from services.scraper.context import Context
 from services.scraper.fetch import Fetcher
+from services.scraper.metrics import ScraperMetrics
 
 
-def make_context(settings: ScraperSettings) -> Context:
+def make_context(settings: ScraperSettings, registry: CollectorRegistry) -> Context:
+    metrics = ScraperMetrics(settings.service_name, registry)
     return Context(
         settings=settings,
-        fetcher=Fetcher(settings),
+        fetcher=Fetcher(settings, metrics),
         browser=Browser(
             settings.chromium_path,
             settings.chromedriver_path,
@@ -31,6 +35,7 @@ def make_context(settings: ScraperSettings) -> Context:
             settings.render_timeout_s,
         ),
         store=open_store(settings.blobs),
+        metrics=metrics,
     )
 
 
@@ -45,6 +50,7 @@ def make_handler(ctx: Context) -> Callable[[SourceRequest], AsyncIterator[RawDoc
         else:
             docs = folder.scrape(ctx, source, request.run_id)
         async for doc in docs:
+            ctx.metrics.published(doc.source.kind)
             yield doc
 
     return handle
@@ -57,9 +63,10 @@ def main() -> None:
             "SCRAPER_CONTACT is empty: set an e-mail address for the User-Agent, as arXiv and "
             "site owners ask of crawlers"
         )
-    ctx = make_context(settings)
+    registry = CollectorRegistry()
+    ctx = make_context(settings, registry)
     try:
-        run_service(settings, SourceRequest, make_handler(ctx))
+        run_service(settings, SourceRequest, make_handler(ctx), registry=registry)
     finally:
         # The browser is a separate process tree; the HTTP connections close with this one.
         ctx.browser.close()

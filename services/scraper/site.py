@@ -78,7 +78,7 @@ async def _page(
         if strict:
             raise
         # A dead link, a disallowed or oversized page: noted, and the crawl goes on.
-        log.info("skipped %s: %s", url, exc, extra={"reason": exc.reason})
+        ctx.skipped(url, exc)
         entry = LedgerEntry()
     await ctx.remember(key, entry)
     return entry

@@ -98,9 +98,15 @@ def test_listing_publishes_exactly_the_categorys_papers_with_their_metadata(
 
 
 def test_bad_papers_are_refused_each_for_its_reason(scraper, arxiv):
+    reasons = ("not_a_pdf", "too_large", "robots_disallowed")
+    skipped = "distillery_scraper_skipped_total"
+    before = {r: scraper.metric(skipped, reason=r) for r in reasons}
     with Requests(arxiv.requests) as asked:
         out = scraper.run(ArxivSource(category="cs.CL", since=date(2024, 5, 1), allow_private=True))
     assert out.ids() == {"2407.06204v2"}
+    assert {r: scraper.metric(skipped, reason=r) - before[r] for r in reasons} == dict.fromkeys(
+        reasons, 1.0
+    )
     html_page, huge, robots = BAD_PAPERS
     assert asked[f"/pdf/{html_page.vid}"] == 1  # fetched, sniffed, rejected: not a PDF
     assert asked[f"/pdf/{huge.vid}"] == 1  # aborted at the cap while streaming

@@ -8,12 +8,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from pipeline.errors import BadInput, Retryable
 from pipeline.settings import KafkaSettings
 from services.scraper.config import ScraperSettings
 from services.scraper.core import Policy
 from services.scraper.fetch import Fetcher
+from services.scraper.metrics import ScraperMetrics
 from tests.support.static_site import Route, StaticSite
 
 pytestmark = pytest.mark.integration
@@ -29,7 +31,7 @@ def fetcher(**overrides: object) -> Fetcher:
         **overrides,
     }
     settings = ScraperSettings(kafka=KafkaSettings(bootstrap_servers="unused:9092"), **config)
-    return Fetcher(settings)
+    return Fetcher(settings, ScraperMetrics("scraper", CollectorRegistry()))
 
 
 @pytest.fixture
@@ -45,10 +47,18 @@ def get(f: Fetcher, url: str, policy: Policy | None = None):  # noqa: ANN201
 def test_429_with_retry_after_then_success(site):
     site.routes["/busy"] = [Route(status=429, headers=(("Retry-After", "1"),)), OK]
     start = time.monotonic()
-    response = get(fetcher(), f"{site.url}/busy")
+    f = fetcher()
+    response = get(f, f"{site.url}/busy")
     assert response.status == 200 and response.body.endswith(b"fine</body></html>")
     assert time.monotonic() - start >= 1.0  # waited as the server asked
     assert site.requests["/busy"] == 2
+    sample = f.metrics.registry.get_sample_value
+    labels = {"service": "scraper"}
+    assert (
+        sample("distillery_scraper_responses_total", {**labels, "status": "4xx"}) == 2
+    )  # + robots
+    assert sample("distillery_scraper_responses_total", {**labels, "status": "2xx"}) == 1
+    assert sample("distillery_scraper_bytes_total", labels) == len(response.body)
 
 
 def test_server_errors_retried_then_given_up_as_retryable(site):

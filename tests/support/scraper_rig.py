@@ -7,13 +7,16 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from kafka import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import bus, topics
+from pipeline.embedded import free_port
 from pipeline.messages import DlqRecord, RawDoc, SourceRequest, SourceSpec, decode, encode
 from pipeline.settings import KafkaSettings
 from tests.support.bus_harness import TopicReader
@@ -51,6 +54,7 @@ class ScraperRig:
             "SCRAPER_POLITENESS_DELAY_S": "0",
             "SCRAPER_FETCH_ATTEMPTS": "2",
             "SCRAPER_FETCH_BACKOFF_S": "0.1",
+            "SCRAPER_METRICS_PORT": str(free_port()),
             **env,
         }
         self.docs = TopicReader(kafka, topics.RAW_DOCS)
@@ -123,6 +127,17 @@ class ScraperRig:
         ]
         dead = [decode(DlqRecord, r.value) for r in self.dlq.records if r.key == run_id.encode()]
         return Outcome(docs, dead)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample from the service's /metrics endpoint (0 when it has none yet)."""
+        port = self.env["SCRAPER_METRICS_PORT"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    return float(sample.value)
+        return 0.0
 
     def run(self, source: SourceSpec, run_id: str | None = None) -> Outcome:
         """Submit a request, wait until the scraper has committed it, return what it gave."""
