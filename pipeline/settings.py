@@ -82,6 +82,9 @@ class ServiceSettings(BaseSettings):
     #: Messages handled at once by an async handler (ignored by sync handlers).
     concurrency: int = Field(1, ge=1)
     commit_interval_s: float = Field(1.0, gt=0)
+    #: Seconds a stopping (or rebalancing) worker lets async handlers finish before it
+    #: abandons them uncommitted, to be handled again.
+    stop_grace_s: float = Field(20.0, gt=0)
     max_poll_records: int = Field(500, ge=1)
     #: Prometheus port; 0 picks a free one, unset disables the endpoint.
     metrics_port: int | None = Field(None, ge=0, le=65535)

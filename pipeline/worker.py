@@ -212,8 +212,22 @@ class Worker(Generic[In]):
             self._finish(self._inflight.pop(future), future.result())
 
     def _drain(self) -> None:
-        while self._inflight:
+        """Finish what is in hand. Handlers still running after `stop_grace_s` are cancelled
+        and their records left uncommitted: the next owner handles them again (a scrape of
+        hundreds of pages must not hold up a shutdown or a rebalance for minutes)."""
+        deadline = time.monotonic() + self.settings.stop_grace_s
+        while self._inflight and time.monotonic() < deadline:
             self._harvest(block=True)
+        if self._inflight:
+            log.warning(
+                "abandoning %d messages still in hand after %.0fs; they will be redelivered",
+                len(self._inflight),
+                self.settings.stop_grace_s,
+            )
+            for future in self._inflight:
+                future.cancel()
+            wait(self._inflight, timeout=self.settings.stop_grace_s)
+            self._inflight.clear()
 
     def _finish(self, record: ConsumerRecord, outcome: Outcome) -> None:
         if outcome.abandoned:

@@ -310,3 +310,22 @@ def test_handler_longer_than_max_poll_interval_keeps_its_partitions(rig):
             time.sleep(0.1)
     assert rig.out.keys() == {"0": 1, "1": 1}  # each handled once: no eviction, no redelivery
     assert sum(bus.committed(rig.kafka, rig.group).values()) == 2
+
+
+def test_stop_abandons_a_handler_that_outlives_the_grace_uncommitted(rig):
+    started = threading.Event()
+
+    async def endless(item: Item) -> list[Item]:
+        started.set()
+        await asyncio.sleep(600)
+        return [item]
+
+    rig.produce(1)
+    worker = rig.worker(endless, stop_grace_s=0.5)
+    with Running(worker):
+        assert started.wait(TIMEOUT_S)
+        stop_at = time.monotonic()
+    assert time.monotonic() - stop_at < 10  # not the handler's ten minutes
+    assert bus.committed(rig.kafka, rig.group) == {}  # redelivered to the next owner
+    rig.out.read()
+    assert rig.out.records == []
