@@ -14,7 +14,8 @@ from tests.support.scraper_rig import ScraperRig
 pytestmark = pytest.mark.integration
 
 
-def test_kill_mid_run_then_resume_fetches_nothing_twice(broker, test_data, tmp_path):
+@pytest.mark.parametrize("stop", ["sigkill", "sigterm"])
+def test_stop_mid_run_then_resume_fetches_nothing_twice(stop, broker, test_data, tmp_path):
     kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
     # Slow responses, so that the kill lands with the run well under way.
     with ArxivSite(test_data / "data" / "pdfs", latency_s=0.3) as site:
@@ -23,6 +24,7 @@ def test_kill_mid_run_then_resume_fetches_nothing_twice(broker, test_data, tmp_p
             "SCRAPER_ARXIV_PAGE_SIZE": "4",
             "SCRAPER_MAX_BYTES": str(5 * 1024 * 1024),
             "SCRAPER_DOWNLOAD_CONCURRENCY": "2",
+            "SCRAPER_STOP_GRACE_S": "1",
         }
         with ScraperRig(kafka, tmp_path / "blobs", tmp_path / "scraper.log", **env) as rig:
             run_id, offset = rig.submit(ArxivSource(category="all", allow_private=True))
@@ -30,7 +32,10 @@ def test_kill_mid_run_then_resume_fetches_nothing_twice(broker, test_data, tmp_p
             while len(rig.outcome(run_id).docs) < 2:  # published (acked) before the kill
                 assert time.monotonic() < deadline, "no progress before the kill"
                 time.sleep(0.05)
-            rig.kill()
+            if stop == "sigkill":
+                rig.kill()  # the whole process group, browser included, as a container's
+            else:
+                rig.terminate()
             killed_at = time.monotonic()
             before = rig.outcome(run_id)
             assert not rig.done(offset), "the request must not be committed mid-run"

@@ -78,6 +78,22 @@ class ScraperRig:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(30)
 
+    def terminate(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM: the scraper abandons its run after the grace, closes the browser, exits 0."""
+        assert self.process is not None
+        self.process.terminate()
+        assert self.process.wait(timeout_s) == 0
+        # Its browser went with it: nothing of its process group is alive (zombies, dead and
+        # waiting for init to reap them, do not count).
+        group = subprocess.run(
+            ["ps", "-o", "stat=,cmd=", "-g", str(self.process.pid)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.splitlines()
+        alive = [line for line in group if not line.lstrip().startswith("Z")]
+        assert alive == [], f"the scraper left processes behind: {alive}"
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
