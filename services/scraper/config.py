@@ -42,6 +42,10 @@ class ScraperSettings(ServiceSettings):
     max_redirects: int = Field(5, ge=0)
     respect_robots: bool = True
 
+    #: Directories a folder source may read (and anything below them); empty allows any
+    #: path the service can read. Set it where untrusted producers can write to `sources`.
+    folder_roots: list[str] = []
+
     chromium_path: str = "/usr/bin/chromium"
     chromedriver_path: str = "/usr/bin/chromedriver"
     #: Seconds a page may take to render in the browser.

@@ -96,13 +96,17 @@ def _words(node: HtmlElement | None) -> str:
     return "" if node is None else " ".join(" ".join(node.itertext()).split())
 
 
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?)\]])")
+
+
 def _text(node: HtmlElement | None) -> str:
-    """Like `_words`, without arXiv's "Title:", "Authors:" labels."""
+    """Prose: like `_words`, without arXiv's "Title:", "Authors:" labels, and without the
+    space that joining pieces leaves before punctuation ("this https URL ." after a link)."""
     if node is None:
         return ""
     for descriptor in node.cssselect(".descriptor"):
         descriptor.drop_tree()  # keeps the text that follows it
-    return _words(node)
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", _words(node))
 
 
 def _names(nodes: list[HtmlElement]) -> tuple[str, ...]:

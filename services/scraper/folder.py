@@ -26,8 +26,18 @@ def documents(root: Path, recursive: bool) -> list[Path]:
     return sorted(p for p in files if p.is_file() and p.suffix.lower() in SUFFIXES)
 
 
+def check_allowed(root: Path, roots: list[str]) -> None:
+    """`root` (resolved, so no `..` or link leads out) must lie under one of `roots`."""
+    if roots and not any(root.is_relative_to(Path(r).resolve()) for r in roots):
+        raise BadInput(
+            f"folder {root} is outside SCRAPER_FOLDER_ROOTS ({', '.join(roots)})",
+            reason="folder_not_allowed",
+        )
+
+
 async def scrape(ctx: Context, source: FolderSource, run_id: str) -> AsyncIterator[RawDoc]:
     root = Path(source.path).expanduser().resolve()
+    check_allowed(root, ctx.settings.folder_roots)
     paths = documents(root, source.recursive)
     log.info("%s: %d candidate files", root, len(paths))
     published: set[str] = set()

@@ -909,3 +909,15 @@ def test_no_robots_txt_allows_everything(robots_txt: str | None):
     rules = core.robots_rules(robots_txt)
     assert rules.can_fetch("distillery", "https://example.com/pdf/anything")
     assert rules.can_fetch("*", "https://example.com/")
+
+
+def test_abstract_with_a_link_reads_as_prose():
+    html = (
+        '<html><head><meta name="citation_arxiv_id" content="2106.09685"/></head><body>'
+        '<div class="dateline">[Submitted on 17 Jun 2021 (v1)]</div>'
+        '<blockquote class="abstract mathjax"><span class="descriptor">Abstract:</span> We '
+        'release a package at <a href="https://github.com/microsoft/LoRA">this https URL</a>.'
+        "</blockquote></body></html>"
+    )
+    paper = core.parse_abstract(html, ARXIV + "/abs/2106.09685")
+    assert paper.abstract == "We release a package at this https URL."
