@@ -23,9 +23,10 @@ from itertools import count
 from types import FrameType
 from typing import Any, Generic, TypeVar
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError, RebalanceInProgressError
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
@@ -214,10 +215,11 @@ class Worker(Generic[In]):
     def _drain(self) -> None:
         """Finish what is in hand. Handlers still running after `stop_grace_s` are cancelled
         and their records left uncommitted: the next owner handles them again (a scrape of
-        hundreds of pages must not hold up a shutdown or a rebalance for minutes)."""
+        hundreds of pages must not hold up a shutdown for minutes)."""
         deadline = time.monotonic() + self.settings.stop_grace_s
         while self._inflight and time.monotonic() < deadline:
             self._harvest(block=True)
+        self._harvest(block=False)  # what finished at the last moment still counts
         if self._inflight:
             log.warning(
                 "abandoning %d messages still in hand after %.0fs; they will be redelivered",
@@ -295,6 +297,21 @@ class Worker(Generic[In]):
     def _commit(self) -> None:
         """Wait for every output to be acknowledged, then commit what is entirely done."""
         self._last_commit = time.monotonic()
+        offsets = self._acknowledged()
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(_to_commit(offsets))
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            # The partitions moved; their new owner re-reads from the last commit (duplicates
+            # downstream are allowed, deterministic ids make them harmless).
+            log.warning("commit skipped during rebalance: %s", exc)
+            return
+        self._offsets.committed(offsets)
+        self._report_lag(offsets)
+
+    def _acknowledged(self) -> dict[TopicPartition, int]:
+        """Flush the outputs sent so far and check every ack; returns what may be committed."""
         # Offsets first: a streamed output is sent before its record can finish, so every
         # output of a committable record is already in `_unacked` when it is swapped out.
         offsets = self._offsets.committable()
@@ -307,17 +324,7 @@ class Worker(Generic[In]):
                 raise DeliveryError(f"{len(failed)} outputs not acknowledged, first: {failed[0]}")
             for topic in {t for t, _ in unacked}:
                 self.metrics.produced(topic, sum(1 for t, _ in unacked if t == topic))
-        if not offsets:
-            return
-        try:
-            self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
-        except (CommitFailedError, RebalanceInProgressError) as exc:
-            # The partitions moved; their new owner re-reads from the last commit (duplicates
-            # downstream are allowed, deterministic ids make them harmless).
-            log.warning("commit skipped during rebalance: %s", exc)
-            return
-        self._offsets.committed(offsets)
-        self._report_lag(offsets)
+        return offsets
 
     def _report_lag(self, offsets: Mapping[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():
@@ -325,10 +332,13 @@ class Worker(Generic[In]):
             if end is not None:
                 self.metrics.lag(tp.topic, tp.partition, max(0, end - offset))
 
-    def _revoked(self, tps: list[TopicPartition]) -> None:
-        self._drain()
-        self._commit()
+    def _revoked(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """What may be committed before `tps` move away: what has finished, acknowledged.
+        Runs on the client's network thread while the loop's thread waits in poll()."""
+        self._harvest(block=False)
+        offsets = self._acknowledged()
         self._offsets.forget(tps)
+        return offsets
 
     # --- one message: call the handler, retry what is transient ------------------------------
 
@@ -382,17 +392,32 @@ class Worker(Generic[In]):
         return verdict
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped library
-    """Before partitions move away, finish what is in hand and commit it."""
+def _to_commit(offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+
+
+class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # untyped library
+    """Before partitions move away, commit what is finished.
+
+    kafka-python calls this on its network thread, which must keep heartbeating and cannot
+    serve a blocking commit from itself: so nothing here waits for a handler (records still
+    in hand go to the next owner) and the commit is awaited, not blocked on.
+    """
 
     def __init__(self, worker: Worker[Any]) -> None:
         self.worker = worker
 
-    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        if revoked:
-            self.worker._revoked(revoked)
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if not revoked:
+            return
+        offsets = self.worker._revoked(list(revoked))
+        if offsets:
+            try:
+                await self.worker._consumer.commit_async(_to_commit(offsets))
+            except KafkaError as exc:
+                log.warning("commit on revocation failed, the next owner redoes: %s", exc)
 
-    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("assigned %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
 

@@ -329,3 +329,26 @@ def test_stop_abandons_a_handler_that_outlives_the_grace_uncommitted(rig):
     assert bus.committed(rig.kafka, rig.group) == {}  # redelivered to the next owner
     rig.out.read()
     assert rig.out.records == []
+
+
+def test_a_member_joining_mid_handler_crashes_nothing_and_loses_nothing(rig):
+    started = threading.Event()
+
+    async def slow(item: Item) -> list[Item]:
+        started.set()
+        await asyncio.sleep(2.0)
+        return [item]
+
+    rig.produce(3)
+    first, second = rig.worker(slow), rig.worker(slow)
+    with Running(first) as one:
+        assert started.wait(TIMEOUT_S)
+        with Running(second) as two:  # joins the group: the partition is revoked mid-handler
+            deadline = time.monotonic() + TIMEOUT_S
+            while sum(bus.committed(rig.kafka, rig.group).values()) < 3:
+                assert one.thread.is_alive() and two.thread.is_alive(), "a worker died"
+                assert time.monotonic() < deadline, "the records were never all committed"
+                time.sleep(0.2)
+    # Running re-raises a worker's crash on exit; every record was handled (at least once).
+    rig.out.read_until(lambda r: set(r.keys()) >= {"0", "1", "2"}, TIMEOUT_S)
+    assert set(rig.out.keys()) == {"0", "1", "2"}
