@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from functools import partial
 
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, Retryable
 from pipeline.messages import ArxivSource, RawDoc, SourceInfo
 from services.scraper import core
 from services.scraper.context import Context, LedgerEntry
@@ -34,6 +34,11 @@ async def scrape(ctx: Context, source: ArxivSource, run_id: str) -> AsyncIterato
         page = await ctx.render(url, policy)
         parse = core.parse_listing if source.category else core.parse_search
         listing = parse(page.html, page.url)
+        if not listing.recognised:
+            raise Retryable(
+                f"{page.url}: not an arXiv listing (an error or rate-limit page?)",
+                reason="unexpected_page",
+            )
         fresh = [e for e in listing.entries if e.arxiv_id not in seen]
         seen.update(e.arxiv_id for e in fresh)
         in_range = [e for e in fresh if not _too_old(e, source)]
@@ -111,6 +116,11 @@ async def _paper(
         # resumed run does not ask again.
         ctx.skipped(entry.arxiv_id, exc)
         doc = None
+    except Retryable as exc:
+        # Still failing after the fetcher's retries: the run goes on without it; not in the
+        # ledger, so running the same run id again retries it.
+        ctx.skipped(entry.arxiv_id, exc)
+        return None
     await ctx.remember(run_key, LedgerEntry(doc=doc))
     return doc
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.blobstore import BlobStore
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, PipelineError
 from pipeline.messages import RawDoc, SourceInfo, doc_id_of
 from services.scraper.browser import Browser, Page
 from services.scraper.config import ScraperSettings
@@ -77,7 +77,7 @@ class Context:
             abstract=abstract,
         )
 
-    def skipped(self, what: str, error: BadInput) -> None:
+    def skipped(self, what: str, error: PipelineError) -> None:
         """A paper, page or file the run goes on without."""
         log.warning("skipped %s: %s", what, error, extra={"reason": error.reason})
         self.metrics.skipped(error.reason)

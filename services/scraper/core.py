@@ -51,6 +51,9 @@ class ListingEntry:
 class ListingPage:
     entries: list[ListingEntry]
     next_url: str | None
+    #: The page has arXiv's listing or search markup. The browser does not see HTTP statuses,
+    #: so an error or rate-limit page would otherwise read as an empty, final page.
+    recognised: bool = True
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,8 @@ def parse_listing(html: str, url: str) -> ListingPage:
                 abstract=_text(_one(node, "p.mathjax")),
                 date_hint=entries[-1].date_hint,
             )
-    return ListingPage(entries, _next_page(doc, url))
+    recognised = bool(doc.cssselect("#dlpage, dl#articles, .paging"))
+    return ListingPage(entries, _next_page(doc, url), recognised)
 
 
 def _next_page(doc: HtmlElement, url: str) -> str | None:
@@ -215,7 +219,9 @@ def parse_search(html: str, url: str) -> ListingPage:
                 date_hint=hint,
             )
         )
-    return ListingPage(entries, _next_page(doc, url))
+    no_results = "produced no results" in _words(_one(doc, "main, body"))
+    recognised = bool(entries) or no_results or bool(doc.cssselect("ol.breathe-horizontal"))
+    return ListingPage(entries, _next_page(doc, url), recognised)
 
 
 def parse_abstract(html: str, url: str) -> ArxivPaper:

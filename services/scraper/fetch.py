@@ -62,13 +62,23 @@ class Fetcher:
 
     async def get(self, url: str, policy: Policy) -> Response:
         """GET `url` under `policy`; BadInput for what will never work, Retryable for the rest."""
+        try:
+            return await self._get(url, policy)
+        except (httpx.DecodingError, httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise BadInput(f"{url}: {exc}", reason="bad_response") from None
+        except (ValueError, UnicodeError) as exc:  # a port over 65535, a 64-character label
+            raise BadInput(
+                f"{url}: not a URL that can be fetched: {exc}", reason="bad_url"
+            ) from None
+
+    async def _get(self, url: str, policy: Policy) -> Response:
         for _hop in range(self.settings.max_redirects + 1):
             await self.admit(url, policy)
             response = await self._attempts(url, self.settings.max_bytes)
             if response.status in _REDIRECTS and "location" in response.headers:
                 url = urljoin(url, response.headers["location"])
                 continue
-            if response.status >= 400:
+            if response.status >= 300:  # an error, or a redirect with nowhere to go
                 raise BadInput(f"{url}: HTTP {response.status}", reason=f"http_{response.status}")
             return response
         raise BadInput(

@@ -42,7 +42,11 @@ async def scrape(ctx: Context, source: FolderSource, run_id: str) -> AsyncIterat
     log.info("%s: %d candidate files", root, len(paths))
     published: set[str] = set()
     for path in paths:
-        body = await asyncio.to_thread(path.read_bytes)
+        try:
+            body = await asyncio.to_thread(path.read_bytes)
+        except OSError as exc:  # unreadable by the service's user, gone meanwhile
+            ctx.skipped(str(path), BadInput(f"{path}: {exc.strerror}", reason="unreadable"))
+            continue
         kind = core.sniff(body[:2048])
         if kind != SUFFIXES[path.suffix.lower()]:
             error = BadInput(f"{path}: its content is not what its name says", reason="mismatch")

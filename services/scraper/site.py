@@ -8,12 +8,15 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, Retryable
 from pipeline.messages import RawDoc, SiteSource, SourceInfo
 from services.scraper import core
 from services.scraper.context import Context, LedgerEntry
 
 log = logging.getLogger("scraper.site")
+
+#: Requests a crawl may spend per document it is asked for.
+FETCHES_PER_PAGE = 10
 
 
 async def scrape(ctx: Context, source: SiteSource, run_id: str) -> AsyncIterator[RawDoc]:
@@ -24,14 +27,18 @@ async def scrape(ctx: Context, source: SiteSource, run_id: str) -> AsyncIterator
     seen = {start}
     level = [start]
     published: set[str] = set()  # doc ids: the same page under two URLs is one document
+    # Dead links, duplicates and soft 404s cost requests but give no document: a crawler
+    # trap must not cost unbounded requests for a handful of pages.
+    budget = FETCHES_PER_PAGE * source.max_pages
     for depth in range(source.max_depth + 1):
         following: list[str] = []
         fetched = 0
-        while level and len(published) < source.max_pages:
+        while level and len(published) < source.max_pages and budget > 0:
             # No more pages at once than documents still wanted; a dead link frees its
             # place for the next link of the level.
-            room = source.max_pages - len(published)
+            room = min(source.max_pages - len(published), budget)
             batch, level = level[:room], level[room:]
+            budget -= len(batch)
             # The start page must work: if it cannot be had (refused address, robots, 404),
             # the request itself is bad and goes to the DLQ with the reason.
             entries = await asyncio.gather(
@@ -80,6 +87,11 @@ async def _page(
         # A dead link, a disallowed or oversized page: noted, and the crawl goes on.
         ctx.skipped(url, exc)
         entry = LedgerEntry()
+    except Retryable as exc:
+        if strict:
+            raise
+        ctx.skipped(url, exc)  # not in the ledger: the same run id again retries it
+        return LedgerEntry()
     await ctx.remember(key, entry)
     return entry
 

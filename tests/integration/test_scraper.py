@@ -47,6 +47,8 @@ def scraper(broker, arxiv, tmp_path_factory) -> Iterator[ScraperRig]:
         "SCRAPER_ARXIV_BASE_URL": arxiv.url,
         "SCRAPER_ARXIV_PAGE_SIZE": "4",  # 14 papers: pagination over 4 pages
         "SCRAPER_MAX_BYTES": str(CAP),
+        "SCRAPER_MAX_ATTEMPTS": "2",  # a request the worker loop retries, then dead-letters
+        "SCRAPER_BACKOFF_INITIAL_S": "0.1",
     }
     with ScraperRig(kafka, home / "blobs", home / "scraper.log", **env) as rig:
         yield rig
@@ -113,6 +115,19 @@ def test_bad_papers_are_refused_each_for_its_reason(scraper, arxiv):
     assert arxiv.huge_sent and arxiv.huge_sent[-1] < arxiv.huge_bytes / 4
     assert asked[f"/abs/{robots.arxiv_id}"] == 1
     assert arxiv.requests[f"/pdf/{robots.vid}"] == 0  # robots.txt disallows it: never asked
+
+
+def test_an_error_page_mid_walk_is_retried_then_dead_lettered_not_taken_as_the_end(scraper, arxiv):
+    arxiv.broken.add("/list/cs.CL/recent?skip=4&show=4")
+    try:
+        out = scraper.run(ArxivSource(category="cs.CL", allow_private=True))
+    finally:
+        arxiv.broken.clear()
+    [dead] = out.dead
+    assert (dead.reason, dead.attempts) == ("unexpected_page", 2)
+    assert "not an arXiv listing" in dead.error
+    # What page 1 gave was published (and again on the retry: the same ids, harmless).
+    assert out.ids() == {"2407.06204v2"}
 
 
 def test_date_filter_stops_at_the_first_page_wholly_before_since(scraper, arxiv):
@@ -193,6 +208,17 @@ def test_site_crawl_publishes_the_reachable_pages_robots_allow(scraper, consulti
         assert doc.doc_id == sha256(page)  # the bytes as served, not a re-serialised DOM
     titles = {d.source.title for d in out.docs}
     assert "Patterson Consulting - Contact Us" in titles
+
+
+def test_a_page_that_keeps_failing_is_skipped_and_the_crawl_goes_on(scraper, consulting):
+    consulting.routes["/contact_us.html"] = Route(status=500)
+    try:
+        out = scraper.run(SiteSource(start_url=f"{consulting.url}/index.html", allow_private=True))
+    finally:
+        del consulting.routes["/contact_us.html"]
+    expected = CONSULTING_PAGES - {"about.html", "contact_us.html"}
+    assert out.ids() == {f"{consulting.url}/{page}" for page in expected}
+    assert out.dead == []
 
 
 def test_site_crawl_fills_max_pages_past_dead_links(scraper, consulting):

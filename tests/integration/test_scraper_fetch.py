@@ -132,3 +132,26 @@ def test_robots_read_once_for_a_burst_and_honoured(site):
     assert all(getattr(r, "status", None) == 200 for r in results[:5])
     assert isinstance(results[5], BadInput) and results[5].reason == "robots_disallowed"
     assert site.requests["/private/x"] == 0
+
+
+def test_a_redirect_without_location_is_an_error_not_a_page(site):
+    site.routes["/nowhere"] = Route(status=302)
+    with pytest.raises(BadInput) as caught:
+        get(fetcher(), f"{site.url}/nowhere")
+    assert caught.value.reason == "http_302"
+
+
+def test_a_redirect_to_an_impossible_port_is_bad_input(site):
+    site.routes["/odd"] = Route(status=301, headers=(("Location", "http://127.0.0.1:99999/"),))
+    with pytest.raises(BadInput) as caught:
+        get(fetcher(), f"{site.url}/odd")
+    assert caught.value.reason == "bad_url"
+
+
+def test_a_body_that_does_not_decode_is_bad_input(site):
+    site.routes["/broken.gz"] = Route(
+        body=b"not gzip at all", headers=(("Content-Encoding", "gzip"),)
+    )
+    with pytest.raises(BadInput) as caught:
+        get(fetcher(), f"{site.url}/broken.gz")
+    assert caught.value.reason == "bad_response"

@@ -225,6 +225,8 @@ class ArxivSite:
     #: Bytes appended to each PDF so that equal files under different ids stay distinct.
     salt_pdfs: bool = False
     requests: Counter[str] = field(default_factory=Counter)
+    #: "path?query" strings answered with a 503 error page (a rate limit, an outage).
+    broken: set[str] = field(default_factory=set)
     #: Bytes of the oversized PDF written before each client hung up.
     huge_sent: list[int] = field(default_factory=list)
 
@@ -409,6 +411,9 @@ def _handler(site: ArxivSite) -> type[BaseHTTPRequestHandler]:
             site.record(parts.path)
             if site.latency_s:
                 time.sleep(site.latency_s)
+            if f"{parts.path}?{parts.query}" in site.broken:
+                page = _page("503", "<h1>Service Unavailable</h1><p>Slow down.</p>")
+                return self._send(503, "text/html", page.encode())
             query = {k: v[0] for k, v in parse_qs(parts.query).items()}
             segments = parts.path.strip("/").split("/")
             if parts.path == "/robots.txt":

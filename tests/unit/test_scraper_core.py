@@ -921,3 +921,25 @@ def test_abstract_with_a_link_reads_as_prose():
     )
     paper = core.parse_abstract(html, ARXIV + "/abs/2106.09685")
     assert paper.abstract == "We release a package at this https URL."
+
+
+ERROR_PAGE = "<html><head><title>503</title></head><body><h1>Rate limited</h1></body></html>"
+
+
+def test_an_error_page_is_not_taken_for_an_empty_last_listing():
+    assert not core.parse_listing(ERROR_PAGE, ARXIV + "/list/cs.CL/recent").recognised
+    assert not core.parse_search(ERROR_PAGE, SEARCH_URL).recognised
+
+
+def test_a_search_with_no_results_is_recognised_as_such():
+    page = core.parse_search(
+        "<html><body><main><p class='is-size-4 has-text-warning'>Sorry, your query for all: "
+        "xyzzy produced no results.</p></main></body></html>",
+        SEARCH_URL,
+    )
+    assert page.recognised and page.entries == [] and page.next_url is None
+
+
+def test_generated_listing_and_search_pages_are_recognised(site: ArxivSite):
+    assert core.parse_listing(site.listing("cs.CL", "recent", 0, 4), ARXIV + "/list/").recognised
+    assert core.parse_search(site.search("zzzz", 0, 4, newest=False), SEARCH_URL).recognised
