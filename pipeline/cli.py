@@ -250,7 +250,7 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
     up(home=home)
     try:
         console.print(f"[bold]1. scrape[/bold] the folder {corpus}")
-        submit(FolderSource(path=str(corpus)), None, True, "scraper", home)
+        submit(FolderSource(path=str(corpus)), None, True, "scraper", home, timeout_s=600)
         running = set(available_services())
         table = Table("stage", "topic in", "service", "state")
         for service, topic in zip(SERVICES, topics.PIPELINE, strict=True):

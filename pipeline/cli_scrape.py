@@ -37,6 +37,9 @@ FollowOption = Annotated[
     bool, typer.Option(help="Show each document as it is published, until the run is done.")
 ]
 GroupOption = Annotated[str, typer.Option(help="The scraper's consumer group.")]
+TimeoutOption = Annotated[
+    float | None, typer.Option(help="With --follow: give up watching after this many seconds.")
+]
 PrivateOption = Annotated[
     bool, typer.Option(help="Allow private and loopback addresses (a local mirror).")
 ]
@@ -57,6 +60,7 @@ def arxiv_(
     allow_private: PrivateOption = False,
     run_id: RunOption = None,
     follow: FollowOption = False,
+    timeout: TimeoutOption = None,
     group: GroupOption = "scraper",
     home: HomeOption = DEFAULT_HOME,
 ) -> None:
@@ -71,7 +75,7 @@ def arxiv_(
         listing=listing,
         allow_private=allow_private,
     )
-    submit(source, run_id, follow, group, home)
+    submit(source, run_id, follow, group, home, timeout)
 
 
 @scrape.command("site")
@@ -85,6 +89,7 @@ def site_(
     allow_private: PrivateOption = False,
     run_id: RunOption = None,
     follow: FollowOption = False,
+    timeout: TimeoutOption = None,
     group: GroupOption = "scraper",
     home: HomeOption = DEFAULT_HOME,
 ) -> None:
@@ -97,7 +102,7 @@ def site_(
         allow_hosts=tuple(allow_host),
         allow_private=allow_private,
     )
-    submit(source, run_id, follow, group, home)
+    submit(source, run_id, follow, group, home, timeout)
 
 
 @scrape.command("folder")
@@ -106,6 +111,7 @@ def folder_(
     recursive: Annotated[bool, typer.Option(help="Include sub-directories.")] = True,
     run_id: RunOption = None,
     follow: FollowOption = False,
+    timeout: TimeoutOption = None,
     group: GroupOption = "scraper",
     home: HomeOption = DEFAULT_HOME,
 ) -> None:
@@ -118,6 +124,7 @@ def folder_(
         follow,
         group,
         home,
+        timeout,
     )
 
 
@@ -132,7 +139,14 @@ def _build(model: type[SourceSpec], **fields: object) -> SourceSpec:
         raise fail(problems) from None
 
 
-def submit(source: SourceSpec, run_id: str | None, follow: bool, group: str, home: Path) -> None:
+def submit(
+    source: SourceSpec,
+    run_id: str | None,
+    follow: bool,
+    group: str,
+    home: Path,
+    timeout_s: float | None = None,
+) -> None:
     """Publish a scrape request to `sources`; with `follow`, watch it until it is done."""
     settings = kafka_settings(home.resolve())
     request = SourceRequest(
@@ -148,7 +162,8 @@ def submit(source: SourceSpec, run_id: str | None, follow: bool, group: str, hom
         producer.close()
     console.print(f"run [bold]{request.run_id}[/bold] published to {topics.SOURCES}")
     if watch is not None:
-        watch.until_done(group, TopicPartition(topics.SOURCES, sent.partition), sent.offset)
+        request_at = TopicPartition(topics.SOURCES, sent.partition)
+        watch.until_done(group, request_at, sent.offset, timeout_s)
 
 
 class _Watch:
@@ -158,37 +173,61 @@ class _Watch:
         self.settings = settings
         self.run_id = run_id
         self.reader: KafkaConsumer = bus.consumer(settings, group_id=None)
-        tps = [
+        self.tps = [
             tp
             for name in (topics.RAW_DOCS, topics.dlq(topics.SOURCES))
             for tp in bus.partitions_of(self.reader, name)
         ]
-        ends = bus.end_offsets(self.reader, tps)
-        self.reader.assign(tps)
-        for tp in tps:
+        ends = bus.end_offsets(self.reader, self.tps)
+        self.reader.assign(self.tps)
+        for tp in self.tps:
             self.reader.seek(tp, ends[tp])
-        self.docs = 0
+        #: Documents of the run, once each: a retried or resumed run publishes some again.
+        self.docs: set[str] = set()
 
-    def until_done(self, group: str, request: TopicPartition, offset: int) -> None:
+    def until_done(
+        self, group: str, request: TopicPartition, offset: int, timeout_s: float | None
+    ) -> None:
         started = time.monotonic()
         try:
             with console.status("waiting for the scraper") as status:
                 while bus.committed(self.settings, group).get(request, -1) <= offset:
                     self._read(timeout_ms=1000)
-                    status.update(
-                        f"{self.docs} documents, {time.monotonic() - started:.0f}s "
-                        "(Ctrl-C stops watching; the run goes on)"
-                    )
-            self._read(timeout_ms=1000)  # what was acknowledged just before the commit
+                    waited = time.monotonic() - started
+                    if timeout_s is not None and waited > timeout_s:
+                        raise fail(
+                            f"run {self.run_id} not done after {timeout_s:.0f}s "
+                            f"({len(self.docs)} documents so far); it goes on"
+                        )
+                    status.update(self._progress(waited, group))
+            self._read_to_end()  # what was acknowledged before the commit, and any DLQ record
         except KeyboardInterrupt:
             console.print("stopped watching; the run goes on (`distillery topics` shows it)")
             return
         finally:
             self.reader.close()
         console.print(
-            f"run [bold]{self.run_id}[/bold] done: {self.docs} documents on {topics.RAW_DOCS} "
-            f"in {time.monotonic() - started:.0f}s"
+            f"run [bold]{self.run_id}[/bold] done: {len(self.docs)} documents on "
+            f"{topics.RAW_DOCS} in {time.monotonic() - started:.0f}s"
         )
+
+    def _progress(self, waited: float, group: str) -> str:
+        line = f"{len(self.docs)} documents, {waited:.0f}s (Ctrl-C stops watching; the run goes on)"
+        if not self.docs and waited > 30:
+            line += f"; nothing yet: is a scraper running in group {group!r}? (`distillery status`)"
+        return line
+
+    def _read_to_end(self) -> None:
+        probe = bus.consumer(self.settings, group_id=None)
+        try:
+            ends = bus.end_offsets(probe, self.tps)
+        finally:
+            probe.close()
+        deadline = time.monotonic() + 30
+        while any(self.reader.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise fail(f"could not read {topics.RAW_DOCS} to its end")
+            self._read(timeout_ms=500)
 
     def _read(self, timeout_ms: int) -> None:
         for tp, records in self.reader.poll(timeout_ms=timeout_ms).items():
@@ -200,13 +239,13 @@ class _Watch:
 
     def _doc(self, value: bytes) -> None:
         doc = decode(RawDoc, value)
-        if doc.run_id != self.run_id:
+        if doc.run_id != self.run_id or doc.doc_id in self.docs:
             return
-        self.docs += 1
+        self.docs.add(doc.doc_id)
         src = doc.source
         label = " ".join(filter(None, [src.external_id, src.title or src.url]))
         console.print(
-            f"{self.docs:4d}  {doc.content_type:15s} {doc.size / 1e6:6.2f} MB  {label}",
+            f"{len(self.docs):4d}  {doc.content_type:15s} {doc.size / 1e6:6.2f} MB  {label}",
             highlight=False,
             no_wrap=True,
             overflow="ellipsis",
@@ -216,5 +255,4 @@ class _Watch:
         if key is None or key.decode("utf-8", "replace") != self.run_id:
             return
         dead = decode(DlqRecord, value)
-        self.reader.close()
         raise fail(f"the scraper refused run {self.run_id} ({dead.reason}): {dead.error}")

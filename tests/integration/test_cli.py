@@ -256,6 +256,23 @@ def test_scrape_folder_follow_shows_each_document_until_done(stack, tmp_path, te
     assert "run cli-run done: 2 documents on raw-docs" in result.stdout
 
 
+def test_scrape_follow_gives_up_after_its_timeout(stack, tmp_path):
+    # No scraper consumes for this group: the request is never done.
+    result = cli(
+        stack.home,
+        "scrape",
+        "folder",
+        str(tmp_path),
+        "--follow",
+        "--group",
+        "nobody",
+        "--timeout",
+        "3",
+    )
+    assert result.returncode == 1
+    assert "not done after 3s (0 documents so far); it goes on" in result.stderr
+
+
 def test_scrape_request_the_scraper_refuses_fails_with_its_reason(stack):
     result = cli(stack.home, "scrape", "site", "http://localhost:9/", "--follow")
     assert result.returncode == 1
