@@ -34,6 +34,7 @@ from pipeline.messages import ArxivSource, SourceRequest
 from pipeline.settings import BlobSettings, KafkaSettings
 from services.scraper.browser import CHROMIUM_FLAGS, Browser
 from services.scraper.config import ScraperSettings
+from services.scraper.core import Policy
 from services.scraper.main import make_context, make_handler
 from tests.support.arxiv_site import REAL_PAPERS, ArxivSite, Paper
 
@@ -149,7 +150,8 @@ def main() -> None:
     server.start()
     site = Site(urls.get(timeout=30))
     with tempfile.TemporaryDirectory() as tmp:
-        browser.render(site.url + "/robots.txt")  # warm: both start with a running browser
+        # Warm: both start with a running browser.
+        browser.render(site.url + "/robots.txt", Policy.for_urls([site.url], allow_private=True))
         for r in range(REPEATS):
             seconds, docs = ours(site, browser)
             assert docs == N, f"scraper published {docs} of {N}"

@@ -7,12 +7,15 @@ import logging
 import tempfile
 import threading
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 
-from pipeline.errors import Retryable
+from pipeline.errors import BadInput, Retryable
+from services.scraper.core import Policy
+from services.scraper.proxy import PolicyProxy
 
 log = logging.getLogger("scraper.browser")
 
@@ -47,24 +50,36 @@ class Browser:
         self._timeout_s = timeout_s
         self._driver: webdriver.Chrome | None = None
         self._profile: tempfile.TemporaryDirectory[str] | None = None
+        self._proxy: PolicyProxy | None = None
         self._lock = threading.Lock()
 
-    def render(self, url: str) -> Page:
-        """Load `url`, let its scripts run, return the resulting DOM. Blocking: call it from a
-        thread (`asyncio.to_thread`)."""
+    def render(self, url: str, policy: Policy) -> Page:
+        """Load `url`, let its scripts run, return the resulting DOM. Every request the page
+        makes (redirects, scripts, XHRs) must pass `policy`. Blocking: call it from a thread
+        (`asyncio.to_thread`)."""
         with self._lock:
             try:
-                driver = self._start()
+                driver, proxy = self._start()
+                proxy.allow(policy)
                 driver.get(url)
-                return Page(driver.current_url, driver.page_source)
+                final = driver.current_url
+                if urlsplit(final).hostname in proxy.refused:
+                    # Redirected or sent where the policy forbids: what shows is an error page.
+                    raise BadInput(f"{url}: the page went on to {final}", reason="redirect_refused")
+                return Page(final, driver.page_source)
             except TimeoutException:
                 raise Retryable(f"{url}: page did not load in {self._timeout_s:.0f}s") from None
             except WebDriverException as exc:
                 # A crashed or wedged browser: start a fresh one on the next call.
                 self._stop()
                 raise Retryable(f"{url}: browser failed: {exc.msg}", reason="browser") from None
+            finally:
+                if self._proxy is not None:
+                    self._proxy.allow(None)  # between pages, the browser may fetch nothing
 
-    def _start(self) -> webdriver.Chrome:
+    def _start(self) -> tuple[webdriver.Chrome, PolicyProxy]:
+        if self._proxy is None:
+            self._proxy = PolicyProxy()
         if self._driver is None:
             self._profile = tempfile.TemporaryDirectory(prefix="distillery-chromium-")
             options = webdriver.ChromeOptions()
@@ -72,6 +87,10 @@ class Browser:
             for flag in CHROMIUM_FLAGS:
                 options.add_argument(flag)
             options.add_argument(f"--user-data-dir={self._profile.name}")
+            # Every request through the policy proxy, loopback included (Chromium sends
+            # loopback direct unless told not to).
+            options.add_argument(f"--proxy-server=http://127.0.0.1:{self._proxy.port}")
+            options.add_argument("--proxy-bypass-list=<-loopback>")
             options.add_argument(f"--user-agent={self._user_agent}")
             # An explicit driver path: otherwise Selenium Manager tries to download one.
             self._driver = webdriver.Chrome(
@@ -79,7 +98,7 @@ class Browser:
             )
             self._driver.set_page_load_timeout(self._timeout_s)
             log.info("browser started")
-        return self._driver
+        return self._driver, self._proxy
 
     def _stop(self) -> None:
         if self._driver is not None:
@@ -95,3 +114,6 @@ class Browser:
     def close(self) -> None:
         with self._lock:
             self._stop()
+            if self._proxy is not None:
+                self._proxy.close()
+                self._proxy = None

@@ -83,10 +83,7 @@ class Context:
         self.metrics.skipped(error.reason)
 
     async def render(self, url: str, policy: Policy) -> Page:
-        """Open `url` in the browser once the fetcher's checks pass; the page's final URL is
-        checked again (a redirect may leave the allowed hosts)."""
+        """Open `url` in the browser once the fetcher's checks pass (robots, politeness); the
+        browser's own requests, redirects included, go through its policy proxy."""
         await self.fetcher.admit(url, policy)
-        page = await asyncio.to_thread(self.browser.render, url)
-        if page.url != url:
-            policy.check_url(page.url)
-        return page
+        return await asyncio.to_thread(self.browser.render, url, policy)

@@ -239,13 +239,14 @@ def small_site(tmp_path, test_data) -> Iterator[StaticSite]:
     root.mkdir()
     shutil.copy(test_data / "data" / "pdfs" / "2106.09685v2_lora.pdf", root / "paper.pdf")
     (root / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    for name in ("other.html", "elsewhere.html"):
+    for name in ("other.html", "elsewhere.html", "internal.html"):
         (root / name).write_text("<html><body><p>must not be fetched</p></body></html>")
     with StaticSite(root) as site:
         (root / "index.html").write_text(
             "<!doctype html><html><head><title>Home</title></head><body><h1>Home</h1>"
             '<a href="app.html">app</a> <a href="paper.pdf">paper</a> '
             '<a href="logo.png">logo</a> <a href="/moved">moved</a> '
+            '<a href="probe.html">probe</a> <a href="leave.html">leave</a> '
             f'<a href="http://localhost:{site.port}/other.html">other host</a> '
             '<a href="mailto:someone@example.com">mail</a></body></html>'
         )
@@ -254,6 +255,18 @@ def small_site(tmp_path, test_data) -> Iterator[StaticSite]:
             "<script>document.getElementById('root').innerHTML = '<h1>Rendered by "
             "JavaScript</h1><p>' + 'Only a browser sees this paragraph. '.repeat(12) + '</p>';"
             "</script></body></html>"
+        )
+        # Scripts that reach for another host: an XHR, and a navigation away.
+        other = f"http://localhost:{site.port}"
+        (root / "probe.html").write_text(
+            "<!doctype html><html><head><title>Probe</title></head><body><div id='out'></div>"
+            f"<script>fetch('{other}/internal.html').then(r => r.text()).catch(e => 'blocked')"
+            ".then(t => { document.getElementById('out').innerHTML = '<p>' + "
+            "'The page finished its script. '.repeat(12) + '</p>'; });</script></body></html>"
+        )
+        (root / "leave.html").write_text(
+            "<!doctype html><html><head><title>Leave</title></head><body>"
+            f"<script>location.href = '{other}/elsewhere.html';</script></body></html>"
         )
         site.routes["/moved"] = Route(
             status=302, headers=(("Location", f"http://localhost:{site.port}/elsewhere.html"),)
@@ -264,7 +277,8 @@ def small_site(tmp_path, test_data) -> Iterator[StaticSite]:
 def test_site_renders_javascript_pages_and_keeps_to_its_hosts(scraper, small_site):
     out = scraper.run(SiteSource(start_url=f"{small_site.url}/index.html", allow_private=True))
     by_url = {d.source.url: d for d in out.docs}
-    assert set(by_url) == {f"{small_site.url}/{p}" for p in ("index.html", "app.html", "paper.pdf")}
+    pages = ("index.html", "app.html", "paper.pdf", "probe.html")
+    assert set(by_url) == {f"{small_site.url}/{p}" for p in pages}
     app = FileBlobStore(scraper.blobs).get(by_url[f"{small_site.url}/app.html"].uri)
     assert b"Rendered by JavaScript" in app  # the DOM after the script ran
     assert by_url[f"{small_site.url}/paper.pdf"].content_type == "application/pdf"
@@ -272,6 +286,11 @@ def test_site_renders_javascript_pages_and_keeps_to_its_hosts(scraper, small_sit
     assert small_site.requests["/moved"] == 1  # followed once, its redirect refused:
     assert small_site.requests["/elsewhere.html"] == 0  # localhost is another host
     assert small_site.requests["/other.html"] == 0
+    # The browser's own requests go through the source's policy too: the probe's XHR to
+    # another host never left, the page that navigated away was not published.
+    assert small_site.requests["/internal.html"] == 0
+    assert small_site.requests["/probe.html"] == 2  # fetched, then rendered
+    assert f"{small_site.url}/leave.html" not in by_url
 
 
 def test_private_address_refused_unless_the_source_allows_it(scraper, small_site):
