@@ -55,7 +55,9 @@ class PolicyProxy:
             return
         except BadInput as exc:
             self.refused.add(host)
-            log.warning("browser request refused: %s", exc, extra={"reason": exc.reason})
+            # Between pages only the browser's own housekeeping asks (update checks, sign-in).
+            level = logging.DEBUG if exc.reason == "no_render" else logging.WARNING
+            log.log(level, "browser request refused: %s", exc, extra={"reason": exc.reason})
             writer.write(
                 b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             )
