@@ -14,6 +14,7 @@ Runs alternate, REPEATS of each; medians count.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import multiprocessing.queues
@@ -149,7 +150,7 @@ def main() -> None:
     server = multiprocessing.Process(target=serve, args=(urls, stop), daemon=True)
     server.start()
     site = Site(urls.get(timeout=30))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.closing(browser):
         # Warm: both start with a running browser.
         browser.render(site.url + "/robots.txt", Policy.for_urls([site.url], allow_private=True))
         for r in range(REPEATS):
@@ -171,7 +172,6 @@ def main() -> None:
                 f"baseline {base_runs[-1]:.0f} docs/min",
                 flush=True,
             )
-    browser.close()
     stop.set()
     server.join(10)
     ours_med, base_med = statistics.median(ours_runs), statistics.median(base_runs)

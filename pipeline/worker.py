@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 from pipeline import bus, logs, topics
 from pipeline.blobstore import BlobStore, open_store
 from pipeline.delivery import OffsetTracker, Outcome, RetryPolicy
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, Retryable
 from pipeline.messages import DlqRecord, Message, decode, encode
 from pipeline.metrics import WorkerMetrics
 from pipeline.settings import ServiceSettings
@@ -292,7 +292,10 @@ class Worker(Generic[In]):
 
     def _stream(self, message: Message) -> None:
         """Send one output of an async generator handler now, from the handlers' thread."""
-        self._send(self._route(message), message.key(), encode(message))
+        try:
+            self._send(self._route(message), message.key(), encode(message))
+        except KafkaError as exc:  # no metadata or buffer space in time: the broker, not the input
+            raise Retryable(f"could not send an output: {exc}", reason="send_failed") from exc
 
     def _commit(self) -> None:
         """Wait for every output to be acknowledged, then commit what is entirely done."""

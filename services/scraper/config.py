@@ -34,7 +34,10 @@ class ScraperSettings(ServiceSettings):
     host_delays: dict[str, float] = {"arxiv.org": 3.0}
     #: Documents larger than this are aborted while streaming.
     max_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    #: Seconds without progress on a connection or read before a request is retried...
     timeout_s: float = Field(30.0, gt=0)
+    #: ...and seconds one whole download may take.
+    download_timeout_s: float = Field(300.0, gt=0)
     #: Attempts per request on 429, 5xx and timeouts before the request counts as failed.
     fetch_attempts: int = Field(4, ge=1)
     fetch_backoff_s: float = Field(1.0, ge=0)

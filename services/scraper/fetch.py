@@ -29,6 +29,8 @@ from services.scraper.metrics import ScraperMetrics
 log = logging.getLogger("scraper.fetch")
 
 _REDIRECTS = {301, 302, 303, 307, 308}
+#: RFC 9309: a crawler should not use a cached robots.txt for more than 24 hours.
+ROBOTS_TTL_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Fetcher:
         self._slots = asyncio.Semaphore(settings.download_concurrency)
         self._host_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._next_turn: dict[str, float] = {}
-        self._robots: dict[str, RobotFileParser] = {}
+        self._robots: dict[str, tuple[RobotFileParser, float]] = {}  # rules, when read
         self._robots_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def get(self, url: str, policy: Policy) -> Response:
@@ -110,7 +112,8 @@ class Fetcher:
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         async with self._robots_locks[origin]:  # a burst of first requests asks once
-            if origin not in self._robots:
+            cached = self._robots.get(origin)
+            if cached is None or time.monotonic() - cached[1] > ROBOTS_TTL_S:
                 await self._wait_turn(parts.hostname or "")
                 response = await self._attempts(origin + "/robots.txt", 512 * 1024)
                 # RFC 9309: a missing robots.txt (4xx) allows everything; a server error after
@@ -119,10 +122,9 @@ class Fetcher:
                 if response.status >= 500:
                     raise Retryable(f"{origin}/robots.txt: HTTP {response.status}", reason="robots")
                 ok = response.status == 200
-                self._robots[origin] = robots_rules(
-                    response.body.decode("utf-8", "replace") if ok else None
-                )
-        return self._robots[origin]
+                rules = robots_rules(response.body.decode("utf-8", "replace") if ok else None)
+                self._robots[origin] = cached = (rules, time.monotonic())
+        return cached[0]
 
     async def _wait_turn(self, host: str) -> None:
         """Requests to one host start at least `delay` apart; other hosts are not held up."""
@@ -139,15 +141,20 @@ class Fetcher:
         settings = self.settings
         for attempt in range(1, settings.fetch_attempts + 1):
             retry_after: float | None = None
+            if attempt > 1:  # a retry is a request like any other: it waits for its turn
+                await self._wait_turn(urlsplit(url).hostname or "")
             try:
-                response = await self._once(url, max_bytes)
+                # A total deadline too: per-read timeouts alone let a slow drip hold a slot.
+                response = await asyncio.wait_for(
+                    self._once(url, max_bytes), settings.download_timeout_s
+                )
                 if response.status != 429 and response.status < 500:
                     return response
                 problem = f"HTTP {response.status}"
                 retry_after = retry_after_seconds(
                     response.headers.get("retry-after"), datetime.now(UTC)
                 )
-            except httpx.TransportError as exc:  # timeouts, refused and reset connections
+            except (httpx.TransportError, TimeoutError) as exc:  # timeouts, refused, reset
                 problem = f"{type(exc).__name__}: {exc}"
             if attempt == settings.fetch_attempts:
                 break

@@ -108,6 +108,8 @@ async def _fetch(ctx: Context, policy: core.Policy, run_id: str, url: str) -> Le
     if core.needs_javascript(body):
         body = (await ctx.render(response.url, policy)).html.encode("utf-8")
     page = core.page_links(body, response.url)
-    info = SourceInfo(kind="web", url=page.canonical or response.url, title=page.title)
+    # A canonical URL is the page's own word: taken only within the source's hosts.
+    canonical = page.canonical if page.canonical and _in_scope(policy, page.canonical) else None
+    info = SourceInfo(kind="web", url=canonical or response.url, title=page.title)
     doc = await ctx.publish(body, core.HTML, info, run_id)
     return LedgerEntry(doc=doc, links=tuple(page.links))

@@ -155,3 +155,12 @@ def test_a_body_that_does_not_decode_is_bad_input(site):
     with pytest.raises(BadInput) as caught:
         get(fetcher(), f"{site.url}/broken.gz")
     assert caught.value.reason == "bad_response"
+
+
+def test_a_retry_waits_for_the_hosts_turn_like_any_request(site):
+    site.routes["/flaky"] = [Route(status=503), OK]
+    f = fetcher(politeness_delay_s=0.4, fetch_backoff_s=0.01)
+    start = time.monotonic()
+    assert get(f, f"{site.url}/flaky").status == 200
+    # robots.txt, the first attempt, the retry: three turns, 0.4 s apart.
+    assert time.monotonic() - start >= 0.8
