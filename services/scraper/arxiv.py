@@ -10,7 +10,7 @@ from functools import partial
 
 from pipeline.errors import BadInput, Retryable
 from pipeline.messages import ArxivSource, RawDoc, SourceInfo
-from services.scraper import core
+from services.scraper import arxiv_pages, core
 from services.scraper.context import Context, LedgerEntry
 
 log = logging.getLogger("scraper.arxiv")
@@ -21,18 +21,18 @@ async def scrape(ctx: Context, source: ArxivSource, run_id: str) -> AsyncIterato
     base = settings.arxiv_base_url
     policy = core.Policy.for_urls([base], source.allow_private)
     if source.category:
-        url: str | None = core.listing_url(
+        url: str | None = arxiv_pages.listing_url(
             base, source.category, source.listing, settings.arxiv_page_size
         )
     else:  # the message model requires a query when there is no category
-        url = core.search_url(
+        url = arxiv_pages.search_url(
             base, source.query or "", settings.arxiv_page_size, newest_first=bool(source.since)
         )
     published, seen, pages = 0, set[str](), set[str]()
     while url and url not in pages and published < source.max_papers:
         pages.add(url)  # a page that links back to one already read ends the walk
         page = await ctx.render(url, policy)
-        parse = core.parse_listing if source.category else core.parse_search
+        parse = arxiv_pages.parse_listing if source.category else arxiv_pages.parse_search
         listing = parse(page.html, page.url)
         if not listing.recognised:
             raise Retryable(
@@ -59,7 +59,7 @@ async def scrape(ctx: Context, source: ArxivSource, run_id: str) -> AsyncIterato
         url = listing.next_url
 
 
-def _too_old(entry: core.ListingEntry, source: ArxivSource) -> bool:
+def _too_old(entry: arxiv_pages.ListingEntry, source: ArxivSource) -> bool:
     return bool(source.since and entry.date_hint and entry.date_hint < source.since)
 
 
@@ -93,7 +93,7 @@ async def _paper(
     source: ArxivSource,
     policy: core.Policy,
     run_id: str,
-    entry: core.ListingEntry,
+    entry: arxiv_pages.ListingEntry,
 ) -> RawDoc | None:
     """One paper: abstract page, filters, PDF. None when it is filtered out or unusable."""
     run_key = f"run/{run_id}/arxiv/{entry.arxiv_id}"
@@ -101,11 +101,11 @@ async def _paper(
         return done.doc  # this run already decided on this paper (a resumed run)
     base = ctx.settings.arxiv_base_url
     try:
-        response = await ctx.fetcher.get(core.abs_url(base, entry.arxiv_id), policy)
-        paper = core.parse_abstract(response.body.decode("utf-8", "replace"), response.url)
+        response = await ctx.fetcher.get(arxiv_pages.abs_url(base, entry.arxiv_id), policy)
+        paper = arxiv_pages.parse_abstract(response.body.decode("utf-8", "replace"), response.url)
         if source.since and paper.published < source.since:
             doc = None
-        elif source.category and not core.matches_keywords(
+        elif source.category and not arxiv_pages.matches_keywords(
             source.query, paper.title, paper.abstract
         ):
             doc = None
@@ -125,7 +125,9 @@ async def _paper(
     return doc
 
 
-async def _pdf(ctx: Context, paper: core.ArxivPaper, policy: core.Policy, run_id: str) -> RawDoc:
+async def _pdf(
+    ctx: Context, paper: arxiv_pages.ArxivPaper, policy: core.Policy, run_id: str
+) -> RawDoc:
     """The paper's PDF: from the ledger when this version was fetched before, else downloaded."""
     version_key = f"arxiv/{paper.versioned_id}"
     if (known := await ctx.known(version_key)) is not None and known.doc is not None:
@@ -134,7 +136,7 @@ async def _pdf(ctx: Context, paper: core.ArxivPaper, policy: core.Policy, run_id
     core.expect_pdf(response.url, response.body[:1024])
     info = SourceInfo(
         kind="arxiv",
-        url=core.abs_url(ctx.settings.arxiv_base_url, paper.versioned_id),
+        url=arxiv_pages.abs_url(ctx.settings.arxiv_base_url, paper.versioned_id),
         title=paper.title,
         authors=paper.authors,
         published=paper.published,

@@ -1,7 +1,7 @@
-"""The scraper's pure decisions: arXiv page parsing, URL rules, safety, sniffing, filters.
+"""The scraper's pure decisions: URL rules, the host policy, sniffing, pages' links.
 
-No network, browser or Kafka here; `arxiv.py`, `site.py` and `fetch.py` do the I/O and ask this
-module what to make of what they got.
+No network, browser or Kafka here; `site.py`, `fetch.py` and `proxy.py` do the I/O and ask this
+module what to make of what they got. What arXiv's own pages say is read in `arxiv_pages.py`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from pathlib import PurePosixPath
@@ -24,63 +24,12 @@ from lxml.html import HtmlElement
 
 from pipeline.errors import BadInput
 
-# --- arXiv ------------------------------------------------------------------------------------
-
-#: New-style (2106.09685) and old-style (hep-th/9901001) identifiers, with an optional version.
-ARXIV_ID = re.compile(r"(\d{4}\.\d{4,5}|[a-z][a-z.-]*/\d{7})(?:v(\d+))?")
-_CATEGORY = re.compile(r"\(([a-z-]+(?:\.[A-Za-z-]+)?)\)")
-_DAY = re.compile(r"(\d{1,2}) (\w{3})\w* (\d{4})")
-_SUBMITTED = re.compile(r"Submitted\s+(\d{1,2}) (\w+),? (\d{4})")
-
-
-@dataclass(frozen=True)
-class ListingEntry:
-    """One paper as a listing or search page shows it."""
-
-    arxiv_id: str  # without version
-    title: str = ""
-    authors: tuple[str, ...] = ()
-    categories: tuple[str, ...] = ()
-    abstract: str = ""
-    #: A day the paper was listed or last revised: never before its first submission, so a
-    #: hint older than `since` rules the paper out without fetching anything.
-    date_hint: date | None = None
-
-
-@dataclass(frozen=True)
-class ListingPage:
-    entries: list[ListingEntry]
-    next_url: str | None
-    #: The page has arXiv's listing or search markup. The browser does not see HTTP statuses,
-    #: so an error or rate-limit page would otherwise read as an empty, final page.
-    recognised: bool = True
-
-
-@dataclass(frozen=True)
-class ArxivPaper:
-    """What an abstract page (/abs/ID) says of a paper."""
-
-    arxiv_id: str
-    version: int
-    title: str
-    authors: tuple[str, ...]
-    abstract: str
-    categories: tuple[str, ...]
-    published: date  # first version's submission day
-    license: str | None
-    pdf_url: str
-
-    @property
-    def versioned_id(self) -> str:
-        return f"{self.arxiv_id}v{self.version}"
-
-
 # --- HTML through lxml: with BeautifulSoup, parsing was the scraper's bottleneck -------------
 
 _UTF8 = lxml.html.HTMLParser(encoding="utf-8")
 
 
-def _parse(html: str | bytes) -> HtmlElement:
+def parse_html(html: str | bytes) -> HtmlElement:
     """A document from bytes (their declared charset honoured) or text; never fails."""
     data, parser = (html.encode("utf-8"), _UTF8) if isinstance(html, str) else (html, None)
     try:
@@ -89,12 +38,12 @@ def _parse(html: str | bytes) -> HtmlElement:
         return lxml.html.document_fromstring(b"<html><body></body></html>")
 
 
-def _one(node: HtmlElement, css: str) -> HtmlElement | None:
+def select_one(node: HtmlElement, css: str) -> HtmlElement | None:
     found = node.cssselect(css)
     return found[0] if found else None
 
 
-def _words(node: HtmlElement | None) -> str:
+def words(node: HtmlElement | None) -> str:
     """The node's text, its pieces joined by single spaces."""
     return "" if node is None else " ".join(" ".join(node.itertext()).split())
 
@@ -102,181 +51,18 @@ def _words(node: HtmlElement | None) -> str:
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?)\]])")
 
 
-def _text(node: HtmlElement | None) -> str:
-    """Prose: like `_words`, without arXiv's "Title:", "Authors:" labels, and without the
+def prose(node: HtmlElement | None) -> str:
+    """Prose: like `words`, without arXiv's "Title:", "Authors:" labels, and without the
     space that joining pieces leaves before punctuation ("this https URL ." after a link)."""
     if node is None:
         return ""
     for descriptor in node.cssselect(".descriptor"):
         descriptor.drop_tree()  # keeps the text that follows it
-    return _SPACE_BEFORE_PUNCT.sub(r"\1", _words(node))
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", words(node))
 
 
-def _names(nodes: list[HtmlElement]) -> tuple[str, ...]:
-    return tuple(_words(n) for n in nodes)
-
-
-def _day(text: str) -> date | None:
-    m = _DAY.search(text)
-    if not m:
-        return None
-    try:
-        return datetime.strptime(" ".join(m.groups()), "%d %b %Y").date()
-    except ValueError:
-        return None
-
-
-def _categories(text: str) -> tuple[str, ...]:
-    return tuple(_CATEGORY.findall(text))
-
-
-def listing_url(base: str, category: str, listing: str, page_size: int) -> str:
-    return f"{base.rstrip('/')}/list/{category}/{listing}?skip=0&show={page_size}"
-
-
-def search_url(base: str, query: str, page_size: int, newest_first: bool) -> str:
-    params = {"query": query, "searchtype": "all", "size": str(page_size)}
-    if newest_first:
-        params["order"] = "-announced_date_first"
-    return f"{base.rstrip('/')}/search/?{urlencode(params)}"
-
-
-def abs_url(base: str, arxiv_id: str) -> str:
-    return f"{base.rstrip('/')}/abs/{arxiv_id}"
-
-
-def parse_listing(html: str, url: str) -> ListingPage:
-    """A /list/CATEGORY/... page: <dt>/<dd> pairs under day headings, paging links."""
-    doc = _parse(html)
-    entries: list[ListingEntry] = []
-    day: date | None = None
-    # A listing has one <dl id="articles"> per day, each after its day heading.
-    for node in doc.iter("h3", "dt", "dd"):
-        if node.tag == "h3":
-            day = _day(_words(node))
-        elif node.tag == "dt":
-            link = _one(node, 'a[href*="/abs/"]')
-            m = ARXIV_ID.search(link.get("href", "")) if link is not None else None
-            if m:
-                entries.append(ListingEntry(arxiv_id=m.group(1), date_hint=day))
-        elif entries and not entries[-1].title:
-            entries[-1] = ListingEntry(
-                arxiv_id=entries[-1].arxiv_id,
-                title=_text(_one(node, ".list-title")),
-                authors=_names(node.cssselect(".list-authors a")),
-                categories=_categories(_text(_one(node, ".list-subjects"))),
-                abstract=_text(_one(node, "p.mathjax")),
-                date_hint=entries[-1].date_hint,
-            )
-    recognised = bool(doc.cssselect("#dlpage, dl#articles, .paging"))
-    return ListingPage(entries, _next_page(doc, url), recognised)
-
-
-def _next_page(doc: HtmlElement, url: str) -> str | None:
-    """The page after this one: arXiv pages with `skip` (listings) or `start` (search)."""
-    nxt = _one(doc, "a.pagination-next[href]")
-    if nxt is not None:
-        # On the last page arXiv keeps the link, empty and hidden.
-        href = nxt.get("href", "").strip()
-        hidden = "is-invisible" in nxt.get("class", "").split()
-        return None if hidden or not href else urljoin(url, href)
-    param = "skip"
-    here = int(dict(parse_qsl(urlsplit(url).query)).get(param, "0"))
-    later = []
-    for a in doc.cssselect(".paging a[href], nav.pagination a[href]"):
-        target = urljoin(url, a.get("href", ""))
-        skip = dict(parse_qsl(urlsplit(target).query)).get(param)
-        if skip is not None and skip.isdigit() and int(skip) > here:
-            later.append((int(skip), target))
-    return min(later)[1] if later else None
-
-
-def parse_search(html: str, url: str) -> ListingPage:
-    """A /search/ results page: <li class="arxiv-result"> items and a "Next" link."""
-    doc = _parse(html)
-    entries = []
-    for item in doc.cssselect("li.arxiv-result"):
-        link = _one(item, '.list-title a[href*="/abs/"]')
-        m = ARXIV_ID.search(link.get("href", "")) if link is not None else None
-        if not m:
-            continue
-        full = _one(item, ".abstract-full")
-        if full is not None:
-            for less in full.cssselect("a"):
-                less.drop_tree()  # "△ Less"
-        submitted = _SUBMITTED.search(_words(_one(item, "p.is-size-7")))
-        hint = None
-        if submitted:
-            hint = datetime.strptime(" ".join(submitted.groups()), "%d %B %Y").date()
-        entries.append(
-            ListingEntry(
-                arxiv_id=m.group(1),
-                title=_text(_one(item, "p.title")),
-                authors=_names(item.cssselect("p.authors a")),
-                # Category tags; a DOI badge is a tag too, in a group "with addons".
-                categories=_names(item.cssselect(".tags:not(.has-addons) .tag")),
-                abstract=_text(full),
-                date_hint=hint,
-            )
-        )
-    no_results = "produced no results" in _words(_one(doc, "main, body"))
-    recognised = bool(entries) or no_results or bool(doc.cssselect("ol.breathe-horizontal"))
-    return ListingPage(entries, _next_page(doc, url), recognised)
-
-
-def parse_abstract(html: str, url: str) -> ArxivPaper:
-    """An /abs/ID page: citation meta tags, the dateline and the submission history."""
-    doc = _parse(html)
-
-    def meta(name: str) -> list[str]:
-        return [t.get("content", "") for t in doc.cssselect(f'meta[name="{name}"][content]')]
-
-    ident = (meta("citation_arxiv_id") or [""])[0]
-    m = ARXIV_ID.fullmatch(ident) or ARXIV_ID.search(url)
-    if not m:
-        raise BadInput(f"{url}: no arXiv id on the abstract page", reason="not_an_abstract_page")
-    dateline = _words(_one(doc, ".dateline"))
-    versions = [int(v) for v in re.findall(r"\[v(\d+)\]", _words(_one(doc, ".submission-history")))]
-    this = re.search(r"this version, v(\d+)", dateline)
-    version = int(this.group(1)) if this else (max(versions) if versions else int(m.group(2) or 1))
-    published = _first_submission(dateline, meta("citation_date"))
-    if published is None:
-        raise BadInput(f"{url}: no submission date on the abstract page", reason="no_date")
-    license_link = _one(doc, ".abs-license a[href]")
-    title = (meta("citation_title") or [_text(_one(doc, "h1.title"))])[0]
-    authors = _names(doc.cssselect(".authors a"))
-    return ArxivPaper(
-        arxiv_id=m.group(1),
-        version=version,
-        title=" ".join(title.split()),
-        authors=authors or tuple(meta("citation_author")),
-        abstract=_text(_one(doc, "blockquote.abstract")),
-        categories=_categories(_text(_one(doc, ".subjects"))),
-        published=published,
-        license=license_link.get("href") if license_link is not None else None,
-        # The exact version, so the bytes match the metadata even if a v3 appears meanwhile.
-        pdf_url=urljoin(url, f"/pdf/{m.group(1)}v{version}"),
-    )
-
-
-def _first_submission(dateline: str, citation_dates: list[str]) -> date | None:
-    day = _day(dateline)  # "[Submitted on 17 Jun 2021 (v1), last revised ...]"
-    if day:
-        return day
-    for value in citation_dates:  # "2021/06/17"
-        try:
-            return datetime.strptime(value, "%Y/%m/%d").date()
-        except ValueError:
-            continue
-    return None
-
-
-def matches_keywords(query: str | None, *texts: str) -> bool:
-    """Every word of `query` appears in the texts (case-insensitive); no query matches all."""
-    if not query:
-        return True
-    haystack = " ".join(texts).casefold()
-    return all(re.search(rf"\b{re.escape(w)}", haystack) for w in query.casefold().split())
+def names(nodes: list[HtmlElement]) -> tuple[str, ...]:
+    return tuple(words(n) for n in nodes)
 
 
 # --- URLs -------------------------------------------------------------------------------------
@@ -441,10 +227,10 @@ class PageLinks:
 
 def page_links(html: str | bytes, url: str) -> PageLinks:
     """Title, declared canonical URL and the canonical form of every http(s) link on a page."""
-    doc = _parse(html)
-    base_tag = _one(doc, "base[href]")
+    doc = parse_html(html)
+    base_tag = select_one(doc, "base[href]")
     base = urljoin(url, base_tag.get("href", "")) if base_tag is not None else url
-    canonical_tag = _one(doc, 'link[rel="canonical"][href]')
+    canonical_tag = select_one(doc, 'link[rel="canonical"][href]')
     canonical = (
         canonical_url(canonical_tag.get("href", ""), base) if canonical_tag is not None else None
     )
@@ -455,20 +241,20 @@ def page_links(html: str | bytes, url: str) -> PageLinks:
         target = canonical_url(a.get("href", ""), base)
         if target and not is_asset(target):
             links[target] = None
-    title = _words(_one(doc, "title"))
+    title = words(select_one(doc, "title"))
     return PageLinks(title=title or None, canonical=canonical, links=list(links))
 
 
 def needs_javascript(html: str | bytes) -> bool:
     """A page whose body is an empty shell filled in by scripts (a single-page app)."""
-    doc = _parse(html)
+    doc = parse_html(html)
     if not doc.cssselect("script"):
         return False
     body = doc.find("body")
     body = doc if body is None else body
     for node in list(body.iter("script", "style", "noscript", "template")):
         node.drop_tree()
-    return len(_words(body)) < 200
+    return len(words(body)) < 200
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from pipeline.errors import BadInput
-from services.scraper import core
+from services.scraper import arxiv_pages, core
 from tests.support.arxiv_site import (
     BAD_PAPERS,
     CC_BY,
@@ -62,16 +62,18 @@ def query_of(url: str) -> dict[str, str]:
     ],
 )
 def test_arxiv_id_splits_identifier_and_version(text: str, ident: str, version: str | None):
-    m = core.ARXIV_ID.fullmatch(text)
+    m = arxiv_pages.ARXIV_ID.fullmatch(text)
     assert m is not None and (m.group(1), m.group(2)) == (ident, version)
 
 
 def test_arxiv_urls():
-    assert core.listing_url(ARXIV + "/", "cs.CL", "recent", 50) == (
+    assert arxiv_pages.listing_url(ARXIV + "/", "cs.CL", "recent", 50) == (
         "https://arxiv.org/list/cs.CL/recent?skip=0&show=50"
     )
-    assert core.abs_url(ARXIV + "/", "hep-th/9901001") == "https://arxiv.org/abs/hep-th/9901001"
-    newest = core.search_url(ARXIV, "low rank adaptation", 25, newest_first=True)
+    assert (
+        arxiv_pages.abs_url(ARXIV + "/", "hep-th/9901001") == "https://arxiv.org/abs/hep-th/9901001"
+    )
+    newest = arxiv_pages.search_url(ARXIV, "low rank adaptation", 25, newest_first=True)
     assert newest.startswith("https://arxiv.org/search/?")
     assert query_of(newest) == {
         "query": "low rank adaptation",
@@ -79,7 +81,7 @@ def test_arxiv_urls():
         "size": "25",
         "order": "-announced_date_first",
     }
-    assert "order" not in query_of(core.search_url(ARXIV, "lora", 25, newest_first=False))
+    assert "order" not in query_of(arxiv_pages.search_url(ARXIV, "lora", 25, newest_first=False))
 
 
 # --- parse_listing ---------------------------------------------------------------------------
@@ -157,16 +159,16 @@ FRIDAY = "Fri, 22 Nov 2024 (showing first 50 of 312 entries )"
 
 def test_listing_in_arxiv_markup():
     html = recent_page(50, (FRIDAY, MARCO_DT + OLD_STYLE_DT))
-    page = core.parse_listing(html, LIST_URL + "?skip=50&show=50")
+    page = arxiv_pages.parse_listing(html, LIST_URL + "?skip=50&show=50")
     marco, old = page.entries
-    assert marco == core.ListingEntry(
+    assert marco == arxiv_pages.ListingEntry(
         arxiv_id="2411.14405",
         title="Marco-o1: Towards Open Reasoning Models for Open-Ended Solutions",
         authors=("Yu Zhao", "Huifeng Yin", "Bo Zeng"),
         categories=("cs.CL", "cs.AI"),
         date_hint=date(2024, 11, 22),
     )
-    assert old == core.ListingEntry(
+    assert old == arxiv_pages.ListingEntry(
         arxiv_id="hep-th/9901001",
         title="An Entry With an Old-Style Identifier",
         authors=("A. Tester",),
@@ -187,14 +189,16 @@ def test_listing_in_arxiv_markup():
     ],
 )
 def test_listing_next_page(url: str, skip: int, next_url: str | None):
-    assert core.parse_listing(recent_page(skip, (FRIDAY, MARCO_DT)), url).next_url == next_url
+    assert (
+        arxiv_pages.parse_listing(recent_page(skip, (FRIDAY, MARCO_DT)), url).next_url == next_url
+    )
 
 
 def test_listing_reads_every_day_section():
     html = recent_page(
         0, (FRIDAY, MARCO_DT), ("Thu, 21 Nov 2024 (showing 1 of 312 entries )", OLD_STYLE_DT)
     )
-    page = core.parse_listing(html, LIST_URL + "?skip=0&show=50")
+    page = arxiv_pages.parse_listing(html, LIST_URL + "?skip=0&show=50")
     assert [(e.arxiv_id, e.date_hint) for e in page.entries] == [
         ("2411.14405", date(2024, 11, 22)),
         ("hep-th/9901001", date(2024, 11, 21)),
@@ -202,7 +206,7 @@ def test_listing_reads_every_day_section():
 
 
 def test_listing_generated_entry_matches_the_paper():
-    page = core.parse_listing(
+    page = arxiv_pages.parse_listing(
         _page("cs.CL", f"<dl id='articles'>{_listing_entry(1, LORA)}</dl>"), LIST_URL
     )
     (entry,) = page.entries
@@ -217,9 +221,9 @@ def test_listing_generated_entry_matches_the_paper():
 def test_listing_pages_walk_every_paper_newest_first(site: ArxivSite):
     """Following next_url page by page lists each cs.CL paper once, under its day heading."""
     url: str | None = LIST_URL + "?skip=0&show=4"
-    seen: list[core.ListingEntry] = []
+    seen: list[arxiv_pages.ListingEntry] = []
     while url is not None:
-        page = core.parse_listing(
+        page = arxiv_pages.parse_listing(
             site.listing("cs.CL", "recent", int(query_of(url)["skip"]), 4), url
         )
         seen += page.entries
@@ -316,9 +320,9 @@ def search_page(pagination: str = SEARCH_PAGINATION, doi: str = "") -> str:
 
 
 def test_search_result_in_arxiv_markup():
-    page = core.parse_search(search_page(), SEARCH_URL)
+    page = arxiv_pages.parse_search(search_page(), SEARCH_URL)
     assert page.entries == [
-        core.ListingEntry(
+        arxiv_pages.ListingEntry(
             arxiv_id="2411.14405",
             title="Marco-o1: Towards Open Reasoning Models for Open-Ended Solutions",
             authors=("Yu Zhao", "Huifeng Yin"),
@@ -335,22 +339,22 @@ def test_search_result_in_arxiv_markup():
 
 
 def test_search_with_one_page_has_no_next():
-    assert core.parse_search(search_page(pagination=""), SEARCH_URL).next_url is None
+    assert arxiv_pages.parse_search(search_page(pagination=""), SEARCH_URL).next_url is None
 
 
 def test_search_last_page_has_no_next():
-    page = core.parse_search(search_page(SEARCH_LAST_PAGINATION), SEARCH_URL + "&start=50")
+    page = arxiv_pages.parse_search(search_page(SEARCH_LAST_PAGINATION), SEARCH_URL + "&start=50")
     assert page.next_url is None
 
 
 def test_search_doi_badge_is_not_a_category():
-    (entry,) = core.parse_search(search_page(doi=SEARCH_DOI), SEARCH_URL).entries
+    (entry,) = arxiv_pages.parse_search(search_page(doi=SEARCH_DOI), SEARCH_URL).entries
     assert entry.categories == ("cs.CL", "cs.AI")
 
 
 def test_search_generated_pages(site: ArxivSite):
     url = ARXIV + "/search/?query=language+models&searchtype=all&size=2"
-    first = core.parse_search(site.search("language models", 0, 2, newest=True), url)
+    first = arxiv_pages.parse_search(site.search("language models", 0, 2, newest=True), url)
     expected = site.newest_first(
         [p for p in site.papers if "language models" in f"{p.title} {p.abstract}".lower()]
     )
@@ -364,15 +368,15 @@ def test_search_generated_pages(site: ArxivSite):
     assert first.next_url is not None and first.next_url.startswith(ARXIV + "/search/?")
     assert query_of(first.next_url)["start"] == "2"
     last_start = (len(expected) - 1) // 2 * 2
-    last = core.parse_search(site.search("language models", last_start, 2, newest=True), url)
+    last = arxiv_pages.parse_search(site.search("language models", last_start, 2, newest=True), url)
     assert last.entries and last.next_url is None
 
 
 def test_search_generated_item_matches_the_paper():
-    (entry,) = core.parse_search(
+    (entry,) = arxiv_pages.parse_search(
         _page("Search", f"<ol>{_search_item(LORA)}</ol>"), SEARCH_URL
     ).entries
-    assert entry == core.ListingEntry(
+    assert entry == arxiv_pages.ListingEntry(
         arxiv_id="2106.09685",
         title="LoRA: Low-Rank Adaptation of Large Language Models",
         authors=LORA.authors,
@@ -384,7 +388,7 @@ def test_search_generated_item_matches_the_paper():
 
 def test_search_skips_items_without_an_abstract_link():
     html = _page("Search", '<ol><li class="arxiv-result"><p class="title">No link</p></li></ol>')
-    assert core.parse_search(html, SEARCH_URL).entries == []
+    assert arxiv_pages.parse_search(html, SEARCH_URL).entries == []
 
 
 # --- parse_abstract --------------------------------------------------------------------------
@@ -427,8 +431,8 @@ LORA_ABS = """<!DOCTYPE html><html lang="en"><head>
 
 
 def test_abstract_in_arxiv_markup():
-    paper = core.parse_abstract(LORA_ABS, ARXIV + "/abs/2106.09685")
-    assert paper == core.ArxivPaper(
+    paper = arxiv_pages.parse_abstract(LORA_ABS, ARXIV + "/abs/2106.09685")
+    assert paper == arxiv_pages.ArxivPaper(
         arxiv_id="2106.09685",
         version=2,
         title="LoRA: Low-Rank Adaptation of Large Language Models",
@@ -445,7 +449,7 @@ def test_abstract_in_arxiv_markup():
 
 @pytest.mark.parametrize("paper", REAL_PAPERS + BAD_PAPERS, ids=lambda p: p.vid)
 def test_abstract_generated_pages(site: ArxivSite, paper: Paper):
-    parsed = core.parse_abstract(
+    parsed = arxiv_pages.parse_abstract(
         site.abstract(paper), f"http://127.0.0.1:8123/abs/{paper.arxiv_id}"
     )
     assert (parsed.arxiv_id, parsed.version) == (paper.arxiv_id, paper.version)
@@ -468,7 +472,7 @@ def test_abstract_of_a_single_version_paper():
         f'<div class="abs-license"><a href="{CC_BY}">view license</a></div>',
         '<meta name="citation_arxiv_id" content="2411.14405"/>',
     )
-    paper = core.parse_abstract(html, ARXIV + "/abs/2411.14405")
+    paper = arxiv_pages.parse_abstract(html, ARXIV + "/abs/2411.14405")
     assert (paper.versioned_id, paper.title) == ("2411.14405v1", "Marco-o1")
     assert paper.published == date(2024, 11, 21)
     assert paper.license == CC_BY
@@ -485,7 +489,7 @@ def test_abstract_old_style_id_from_the_url():
         '<meta name="citation_author" content="Tester, A."/>'
         '<meta name="citation_date" content="1999/01/04"/>',
     )
-    paper = core.parse_abstract(html, ARXIV + "/abs/hep-th/9901001v3")
+    paper = arxiv_pages.parse_abstract(html, ARXIV + "/abs/hep-th/9901001v3")
     assert (paper.arxiv_id, paper.version) == ("hep-th/9901001", 3)
     assert paper.title == "An Old-Style Paper"
     assert paper.authors == ("Tester, A.",)
@@ -508,7 +512,7 @@ def test_abstract_old_style_id_from_the_url():
 )
 def test_abstract_page_that_says_too_little(html: str, url: str, reason: str):
     with pytest.raises(BadInput) as caught:
-        core.parse_abstract(html, url)
+        arxiv_pages.parse_abstract(html, url)
     assert caught.value.reason == reason
     assert url in str(caught.value)
 
@@ -530,12 +534,12 @@ def test_abstract_page_that_says_too_little(html: str, url: str, reason: str):
     ],
 )
 def test_matches_keywords(query: str | None, expected: bool):
-    assert core.matches_keywords(query, LORA.title, LORA.abstract) is expected
+    assert arxiv_pages.matches_keywords(query, LORA.title, LORA.abstract) is expected
 
 
 def test_matches_keywords_searches_all_texts():
-    assert core.matches_keywords("lora pre-training", LORA.title, LORA.abstract)
-    assert not core.matches_keywords("pre-training", LORA.title)
+    assert arxiv_pages.matches_keywords("lora pre-training", LORA.title, LORA.abstract)
+    assert not arxiv_pages.matches_keywords("pre-training", LORA.title)
 
 
 # --- canonical_url and is_asset --------------------------------------------------------------
@@ -919,7 +923,7 @@ def test_abstract_with_a_link_reads_as_prose():
         'release a package at <a href="https://github.com/microsoft/LoRA">this https URL</a>.'
         "</blockquote></body></html>"
     )
-    paper = core.parse_abstract(html, ARXIV + "/abs/2106.09685")
+    paper = arxiv_pages.parse_abstract(html, ARXIV + "/abs/2106.09685")
     assert paper.abstract == "We release a package at this https URL."
 
 
@@ -927,12 +931,12 @@ ERROR_PAGE = "<html><head><title>503</title></head><body><h1>Rate limited</h1></
 
 
 def test_an_error_page_is_not_taken_for_an_empty_last_listing():
-    assert not core.parse_listing(ERROR_PAGE, ARXIV + "/list/cs.CL/recent").recognised
-    assert not core.parse_search(ERROR_PAGE, SEARCH_URL).recognised
+    assert not arxiv_pages.parse_listing(ERROR_PAGE, ARXIV + "/list/cs.CL/recent").recognised
+    assert not arxiv_pages.parse_search(ERROR_PAGE, SEARCH_URL).recognised
 
 
 def test_a_search_with_no_results_is_recognised_as_such():
-    page = core.parse_search(
+    page = arxiv_pages.parse_search(
         "<html><body><main><p class='is-size-4 has-text-warning'>Sorry, your query for all: "
         "xyzzy produced no results.</p></main></body></html>",
         SEARCH_URL,
@@ -941,5 +945,7 @@ def test_a_search_with_no_results_is_recognised_as_such():
 
 
 def test_generated_listing_and_search_pages_are_recognised(site: ArxivSite):
-    assert core.parse_listing(site.listing("cs.CL", "recent", 0, 4), ARXIV + "/list/").recognised
-    assert core.parse_search(site.search("zzzz", 0, 4, newest=False), SEARCH_URL).recognised
+    assert arxiv_pages.parse_listing(
+        site.listing("cs.CL", "recent", 0, 4), ARXIV + "/list/"
+    ).recognised
+    assert arxiv_pages.parse_search(site.search("zzzz", 0, 4, newest=False), SEARCH_URL).recognised
