@@ -1,4 +1,5 @@
-"""The scraper's pure core: arXiv page parsing, URL rules, the fetch policy, sniffing, filters.
+"""The scraper's pure modules: arxiv_pages.py (arXiv's page markup) and core.py (URL rules,
+the fetch policy, sniffing, page links).
 
 arXiv pages come from the look-alike in tests/support/arxiv_site.py (real paper metadata) and
 from hand-written snippets in arXiv's own markup; nothing here touches the network.
