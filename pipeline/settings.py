@@ -82,8 +82,8 @@ class ServiceSettings(BaseSettings):
     #: Messages handled at once by an async handler (ignored by sync handlers).
     concurrency: int = Field(1, ge=1)
     commit_interval_s: float = Field(1.0, gt=0)
-    #: Seconds a stopping (or rebalancing) worker lets async handlers finish before it
-    #: abandons them uncommitted, to be handled again.
+    #: Seconds a stopping worker lets async handlers finish before it abandons them
+    #: uncommitted, to be handled again. (A rebalance waits for no handler at all.)
     stop_grace_s: float = Field(20.0, gt=0)
     max_poll_records: int = Field(500, ge=1)
     #: Prometheus port; 0 picks a free one, unset disables the endpoint.
