@@ -1,6 +1,7 @@
 """The extractor's pure part: pages of raw PDF text in, clean section-aware chunks out.
 
-Cleaning, in order: Unicode NFKC (which also expands the ligatures ﬁ ﬂ ﬃ), the arXiv margin
+Cleaning, in order: Unicode NFKC (which also expands the ligatures ﬁ ﬂ ﬃ), over-long "words"
+(base64, garbage) dropped, the arXiv margin
 stamp removed, running headers, footers and page numbers removed (lines that recur at the top
 or bottom of many pages), words hyphenated across lines joined (unless the document spells the
 compound with a hyphen elsewhere), section headings found, the references dropped. Chunking
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Line:
     text: str
-    page: int  # 1-based
+    page: int | None  # 1-based; None where the source has no pages (HTML)
 
 
 _STAMP = re.compile(
@@ -34,12 +35,22 @@ _PAGE_NUMBER = re.compile(r"^(page\s+)?(\d{1,4}|[ivxlc]{1,6})(\s*(/|of)\s*\d{1,4
 _EDGE = 3
 
 
+#: No word is this long: base64, hex dumps, a content stream's garbage. Dropped, they cannot
+#: swell a chunk (counted as one approximate token) past a message's size limit.
+_OVERLONG = re.compile(r"\S{200,}")
+
+
+def tidy(text: str) -> str:
+    """NFKC (ligatures expanded), whitespace collapsed, over-long "words" dropped."""
+    text = unicodedata.normalize("NFKC", text)
+    if len(text) >= 200:
+        text = _OVERLONG.sub(" ", text)
+    return " ".join(text.split())
+
+
 def clean_pages(pages: list[str]) -> list[Line]:
     """The document's lines, page by page, without what is not its text."""
-    raw = [
-        [" ".join(line.split()) for line in unicodedata.normalize("NFKC", page).splitlines()]
-        for page in pages
-    ]
+    raw = [[tidy(line) for line in page.splitlines()] for page in pages]
     raw = [[line for line in page if line] for page in raw]
     running = _running_lines(raw)
     lines = []
@@ -119,6 +130,10 @@ _TITLE = r"([A-Z][\w ,:;&'’()/?+*.-]{1,70})"
 _NUMBERED = re.compile(r"^(\d{1,2}(?:\.\d{1,2}){0,3})\.?\s+" + _TITLE + "$")
 _LETTERED = re.compile(r"^([A-H](?:\.\d{1,2}){0,2})\.?\s+" + _TITLE + "$")
 _REFERENCES = re.compile(r"^(references|bibliography)$", re.I)
+#: IEEE style puts the abstract on its heading's line: "Abstract—Large language models ...".
+_INLINE_ABSTRACT = re.compile(r"^(abstract)\s*[—–:.-]\s*(\S.*)$", re.I)
+#: An author's initial ("A. Rusu, K. Milan") marks a reference entry, not a heading.
+_INITIAL = re.compile(r"\b[A-Z]\.\s")
 
 
 def heading(text: str, after_references: bool, next_line: str = "") -> str | None:
@@ -128,7 +143,9 @@ def heading(text: str, after_references: bool, next_line: str = "") -> str | Non
     if _NAMED.match(text):
         return text.title() if text.isupper() else text
     m = _NUMBERED.match(text) or (_LETTERED.match(text) if after_references else None)
-    if m is None or len(m.group(2).split()) > 10 or m.group(2).rstrip()[-1] in ".:,;":
+    if m is None or len(m.group(2).split()) > 10 or m.group(2).rstrip()[-1] in ".:,;-":
+        return None
+    if _INITIAL.search(m.group(2)):
         return None
     return None if next_line[:1].islower() else text
 
@@ -137,6 +154,9 @@ def split_sections(lines: list[Line], drop_references: bool = True) -> list[Sect
     sections = [Section(None, [])]
     in_references = after_references = False
     for i, line in enumerate(lines):
+        if (inline := _INLINE_ABSTRACT.match(line.text)) and len(sections) == 1:
+            sections.append(Section("Abstract", [Line(inline.group(2), line.page)]))
+            continue
         following = lines[i + 1].text if i + 1 < len(lines) else ""
         title = heading(line.text, after_references, following)
         if title is not None:
@@ -157,7 +177,7 @@ def split_sections(lines: list[Line], drop_references: bool = True) -> list[Sect
 class Chunk:
     text: str
     section: str | None
-    pages: tuple[int, int]
+    pages: tuple[int, int] | None  # first and last, None without pages (HTML)
     n_tokens: int
 
 
@@ -198,7 +218,7 @@ def chunk_sections(
     return chunks
 
 
-def _joined(lines: list[Line]) -> tuple[str, Callable[[int], int]]:
+def _joined(lines: list[Line]) -> tuple[str, Callable[[int], int | None]]:
     """The section's text and a map from a character offset to its page."""
     starts, pages, parts, offset = [], [], [], 0
     for line in lines:
@@ -250,9 +270,11 @@ def _chunk(
     text: str,
     window: list[tuple[int, int, int]],
     section: str | None,
-    page_at: Callable[[int], int],
+    page_at: Callable[[int], int | None],
     count: Callable[[str], int],
 ) -> Chunk:
     start, end = window[0][0], window[-1][1]
     body = text[start:end]
-    return Chunk(body, section, (page_at(start), page_at(end - 1)), count(body))
+    first, last = page_at(start), page_at(end - 1)
+    pages = (first, last) if first is not None and last is not None else None
+    return Chunk(body, section, pages, count(body))

@@ -10,7 +10,7 @@ import io
 import logging
 
 from pypdf import PdfReader
-from pypdf.errors import FileNotDecryptedError, PdfReadError
+from pypdf.errors import FileNotDecryptedError, LimitReachedError, PyPdfError
 
 from pipeline.errors import BadInput
 
@@ -18,21 +18,40 @@ from pipeline.errors import BadInput
 logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 
-def read_pdf(data: bytes, passwords: tuple[str, ...] = ()) -> list[str]:
-    """The text of each page. BadInput reasons: not_a_pdf, encrypted_no_password, corrupt,
-    no_text_layer."""
+def read_pdf(data: bytes, passwords: tuple[str, ...] = (), max_pages: int = 2000) -> list[str]:
+    """The text of each page. BadInput reasons: not_a_pdf, encrypted_no_password, no_content
+    (no pages), too_large (more than `max_pages`, or a stream past pypdf's limits against
+    decompression bombs), corrupt, no_text_layer."""
     if b"%PDF-" not in data[:1024]:
         raise BadInput("not a PDF (no %PDF- header)", reason="not_a_pdf")
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             _decrypt(reader, passwords)
+        if not reader.pages:
+            raise BadInput("the PDF has no pages", reason="no_content")
+        if len(reader.pages) > max_pages:
+            raise BadInput(
+                f"{len(reader.pages)} pages, more than EXTRACTOR_MAX_PAGES={max_pages}",
+                reason="too_large",
+            )
         pages = [page.extract_text() or "" for page in reader.pages]
     except FileNotDecryptedError:
         raise BadInput(
             "encrypted, and no configured password opens it", reason="encrypted_no_password"
         ) from None
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+    except LimitReachedError as exc:
+        # pypdf's own guard against decompression bombs and huge declared lengths.
+        raise BadInput(f"a stream is too large: {exc}", reason="too_large") from None
+    except (
+        PyPdfError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        RecursionError,  # circular or absurdly nested object references
+    ) as exc:
         # pypdf signals damage through these as well as through its own errors.
         raise BadInput(f"damaged PDF: {type(exc).__name__}: {exc}", reason="corrupt") from None
     if not any(text.strip() for text in pages):

@@ -143,6 +143,21 @@ def test_references_are_dropped_and_the_appendix_after_them_kept():
     assert titles(kept) == ["1 Introduction", "References", "A Proofs of the Theorems"]
 
 
+def test_an_ieee_abstract_on_its_heading_line_opens_the_abstract():
+    sections = core.split_sections(
+        lines_of("A Survey", "Abstract—Large language models are large.", "More.", "1 Intro", "Text.")
+    )
+    assert titles(sections) == [None, "Abstract", "1 Intro"]
+    assert texts(sections[1].lines) == ["Large language models are large.", "More."]
+
+
+def test_a_reference_entry_after_the_references_is_not_an_appendix_heading():
+    rows = lines_of("References", "[1] A. A. Rusu, K. Milan, J. Quan, T. Ramalho, A. Grabska-",
+                    "Barwinska et al., catastrophic forgetting.")
+    assert titles(core.split_sections(rows, drop_references=False)) == ["References"]
+    assert core.split_sections(rows) == []
+
+
 def test_lettered_headings_count_only_after_the_references():
     sections = core.split_sections(lines_of("1 Introduction", "A Study of Things", "Body."))
     assert titles(sections) == ["1 Introduction"]
