@@ -28,6 +28,7 @@ from pipeline.embedded import (
     pid_alive,
 )
 from pipeline.messages import FolderSource
+from pipeline.settings import KafkaSettings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(scrape, name="scrape")
@@ -252,6 +253,9 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
         console.print(f"[bold]1. scrape[/bold] the folder {corpus}")
         submit(FolderSource(path=str(corpus)), None, True, "scraper", home, timeout_s=600)
         running = set(available_services())
+        if "extractor" in running:
+            console.print(f"[bold]2. extract[/bold] {topics.RAW_DOCS} → {topics.PARSED_TEXT}")
+            _drain(kafka_settings(home.resolve()), "extractor", topics.RAW_DOCS, timeout_s=600)
         table = Table("stage", "topic in", "service", "state")
         for service, topic in zip(SERVICES, topics.PIPELINE, strict=True):
             state = (
@@ -263,12 +267,34 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
         missing = [s for s in SERVICES if s not in running]
         if missing:
             console.print(
-                "[yellow]Honest summary:[/yellow] the documents are scraped and on "
-                f"{topics.RAW_DOCS}; {', '.join(missing)} are not built yet, so no chunks, "
-                "pairs, adapter, report or gRPC answer were produced."
+                "[yellow]Honest summary:[/yellow] the documents are scraped and extracted "
+                f"into chunks on {topics.PARSED_TEXT}; {', '.join(missing)} are not built yet, "
+                "so no pairs, adapter, report or gRPC answer were produced."
             )
     finally:
         down(home=home)
+
+
+def _drain(settings: KafkaSettings, group: str, topic: str, timeout_s: float) -> None:
+    """Wait until `group` has committed everything `topic` holds, showing how far it is."""
+    reader = bus.consumer(settings, group_id=None)
+    try:
+        ends = bus.end_offsets(reader, bus.partitions_of(reader, topic))
+    finally:
+        reader.close()
+    total = sum(ends.values())
+    deadline = time.monotonic() + timeout_s
+    with console.status(f"{group}: 0/{total}") as progress:
+        while True:
+            committed = bus.committed(settings, group)
+            done = sum(min(committed.get(tp, 0), end) for tp, end in ends.items())
+            progress.update(f"{group}: {done}/{total} messages of {topic} handled")
+            if done >= total:
+                break
+            if time.monotonic() > deadline:
+                raise fail(f"{group} handled {done} of {total} messages of {topic} in {timeout_s:.0f}s")
+            time.sleep(0.5)
+    console.print(f"{group}: all {total} messages of {topic} handled")
 
 
 def _demo_corpus() -> Path:

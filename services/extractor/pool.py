@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import resource
+import select
+import threading
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from pebble import ProcessExpired, ProcessPool
@@ -34,7 +37,7 @@ class Extractors:
         self._pool = ProcessPool(
             max_workers=workers,
             initializer=_start_worker,
-            initargs=(memory_limit_bytes, options.tokenizer),
+            initargs=(memory_limit_bytes, options.tokenizer, os.getpid()),
             context=context,
         )
 
@@ -62,6 +65,18 @@ class Extractors:
         self._pool.join()
 
 
-def _start_worker(memory_limit_bytes: int, tokenizer: str | None) -> None:
+def _start_worker(memory_limit_bytes: int, tokenizer: str | None, service_pid: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+    threading.Thread(target=_exit_with, args=(service_pid,), daemon=True).start()
     counter(tokenizer)  # load it now, not during the first document's time limit
+
+
+def _exit_with(service_pid: int) -> None:
+    """Exit when the service does. Were it killed (SIGKILL, the OOM killer), a worker busy on a
+    slow document would run on forever: the timer that kills it lived in the service."""
+    try:
+        watch = os.pidfd_open(service_pid)
+    except ProcessLookupError:
+        os._exit(1)
+    select.select([watch], [], [])  # readable once the process has exited
+    os._exit(1)

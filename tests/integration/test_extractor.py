@@ -5,15 +5,19 @@ the service goes on serving."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pipeline.embedded import Broker
 from pipeline.settings import KafkaSettings
 from tests.support.extractor_rig import ExtractorRig, run_id
-from tests.support.hostile import PDF, corpus
+from tests.support.hostile import PDF, corpus, slow_pdf
 
 TIMEOUT_S = 6.0
 PASSWORDS = ["openpassword", "hostile-test-password"]
@@ -104,3 +108,29 @@ def test_every_hostile_file_ends_in_its_reason_in_time_and_memory_and_the_next_i
     assert extractor.process.poll() is None
     assert len(extractor.peak_rss) >= 3  # the service, the forkserver, the workers
     assert max(extractor.peak_rss.values()) < 1024**3, extractor.peak_rss
+
+
+def test_a_killed_service_leaves_no_worker_behind_and_loses_nothing(
+    broker: Broker, tmp_path: Path, test_data: Path
+) -> None:
+    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
+    with ExtractorRig(kafka, tmp_path, EXTRACTOR_TIMEOUT_S="4") as rig:
+        run = run_id()
+        slow = rig.document(slow_pdf(200, 400_000), PDF, "slow.pdf", run)
+        paper = test_data / "data" / "pdfs" / "2310.03025v1_retrieval_meets_long_context.pdf"
+        good = rig.document(paper.read_bytes(), PDF, paper.name, run)
+        rig.send(slow, good)
+        deadline = time.monotonic() + 30
+        while len(tree := psutil.Process(rig.process.pid).children(recursive=True)) < 3:
+            assert time.monotonic() < deadline, "the worker processes did not start"
+            time.sleep(0.1)
+        time.sleep(1.0)  # a worker is now busy on the slow document
+        os.kill(rig.process.pid, signal.SIGKILL)  # the service alone, not its process group
+        rig.process.wait(10)
+        gone, alive = psutil.wait_procs(tree, timeout=5)
+        assert alive == [], f"left behind: {alive}"
+
+        rig.start()  # the same group: what was not committed comes again
+        outcome = rig.run([slow, good])
+        assert outcome.dead[slow.doc_id].reason == "timeout"
+        assert outcome.chunks[good.doc_id]

@@ -272,6 +272,30 @@ def test_lora_sections_and_joined_words(pdfs):
     assert "indepen- dent" not in text and "pa- rameters" not in text
 
 
+@pytest.mark.parametrize(
+    ("name", "sentence"),
+    [
+        # Two-column papers: a sentence that wraps within its column reads on unbroken, so
+        # pypdf gives the columns one after the other, not line by line across them.
+        ("2302.13971v1_llama.pdf", "Large Languages Models (LLMs) trained on massive corpora of "
+         "texts have shown their ability to perform new tasks from textual instructions or from a "
+         "few examples (Brown et al., 2020). These few-shot properties first appeared"),
+        ("1902.00751v2_adapters_peft.pdf", "Transfer from pre-trained models yields strong "
+         "performance on many NLP tasks (Dai & Le, 2015; Howard & Ruder, 2018; Radford et al., "
+         "2018). BERT, a Transformer network trained on large text corpora"),
+    ],
+)
+def test_two_column_papers_read_column_by_column(pdfs, name, sentence):
+    _, _, chunks = extracted(pdfs, name)
+    assert any(sentence in c.text for c in chunks)
+
+
+def test_an_ieee_survey_has_its_abstract_and_no_reference_left(pdfs):
+    _, sections, _ = extracted(pdfs, "2407.06204v2_moe_survey.pdf")
+    titles_ = [s.title for s in sections]
+    assert titles_[1] == "Abstract" and titles_[-1] == "8 CONCLUSION"
+
+
 def test_flan_keeps_its_appendix_after_the_references(pdfs):
     _, sections, _ = extracted(pdfs, "2109.01652v5_flan.pdf")
     titles_ = [s.title or "" for s in sections]
