@@ -29,7 +29,7 @@ from services.extractor.pool import Extractors
 
 DATA = Path(os.environ.get("DISTILLERY_TEST_DATA", "../shared")) / "data" / "pdfs"
 REPEATS = int(os.environ.get("BENCH_EXTRACT_REPEATS", "3"))
-PASSWORD = "openpassword"  # the encrypted sample's, documented beside it
+PASSWORD = "openpassword"  # noqa: S105 - the encrypted sample's, documented beside it
 
 
 def baseline(files: list[bytes]) -> int:

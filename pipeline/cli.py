@@ -292,7 +292,9 @@ def _drain(settings: KafkaSettings, group: str, topic: str, timeout_s: float) ->
             if done >= total:
                 break
             if time.monotonic() > deadline:
-                raise fail(f"{group} handled {done} of {total} messages of {topic} in {timeout_s:.0f}s")
+                raise fail(
+                    f"{group} handled {done} of {total} messages of {topic} in {timeout_s:.0f}s"
+                )
             time.sleep(0.5)
     console.print(f"{group}: all {total} messages of {topic} handled")
 

@@ -49,8 +49,10 @@ class ExtractorSettings(ServiceSettings):
         if self.tokenizer is not None and not (
             self.tokenizer.is_file() or (self.tokenizer / "tokenizer.json").is_file()
         ):
-            raise ValueError(f"tokenizer {self.tokenizer} is neither a tokenizer.json nor a "
-                             "directory holding one")
+            raise ValueError(
+                f"tokenizer {self.tokenizer} is neither a tokenizer.json nor a "
+                "directory holding one"
+            )
         return self
 
     @property

@@ -60,7 +60,9 @@ def extract(data: bytes, content_type: str, options: Options) -> Extraction:
         )
     except MemoryError:
         # The worker's address-space limit: the file needs more than a worker may have.
-        raise BadInput("the document needs more memory than a worker has", reason="too_large")
+        raise BadInput(
+            "the document needs more memory than a worker has", reason="too_large"
+        ) from None
     if not chunks:
         raise BadInput("the document has no text left after cleaning", reason="no_content")
     return Extraction(

@@ -13,6 +13,7 @@ import unicodedata
 
 import trafilatura
 from lxml import etree
+from trafilatura.settings import Document
 from trafilatura.utils import load_html
 
 from pipeline.errors import BadInput
@@ -28,11 +29,13 @@ _KEY = 48
 def read_html(data: bytes) -> list[Section]:
     """The page's main content as sections. BadInput `no_content` when there is none."""
     tree = load_html(data)
-    doc = None if tree is None else trafilatura.bare_extraction(
-        tree, include_tables=True, include_comments=False, with_metadata=False
-    )
-    blocks = [] if doc is None or doc.body is None else _blocks(doc.body)
-    if not blocks:
+    doc = None
+    if tree is not None:
+        doc = trafilatura.bare_extraction(
+            tree, include_tables=True, include_comments=False, with_metadata=False
+        )
+    blocks = _blocks(doc.body) if isinstance(doc, Document) and doc.body is not None else []
+    if tree is None or not blocks:
         raise BadInput("no main content found in the HTML", reason="no_content")
     stream, headings = _page_text(tree)
     sections = [Section(None, [])]

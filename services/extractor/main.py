@@ -71,7 +71,9 @@ def make_handler(
             )
         data = await asyncio.to_thread(store.get, doc.uri)
         if hashlib.sha256(data).hexdigest() != doc.doc_id:
-            raise BadInput(f"the blob at {doc.uri} is not document {doc.doc_id}", reason="blob_mismatch")
+            raise BadInput(
+                f"the blob at {doc.uri} is not document {doc.doc_id}", reason="blob_mismatch"
+            )
         return await extractors.extract(data, doc.content_type)
 
     return handle

@@ -61,7 +61,7 @@ class Extractors:
             ) from None
 
     def close(self) -> None:
-        self._pool.stop()  # in-flight documents are abandoned uncommitted: they come back
+        self._pool.stop()  # type: ignore[no-untyped-call]  # in-flight documents are abandoned uncommitted: they come back
         self._pool.join()
 
 

@@ -65,7 +65,9 @@ def test_real_papers_become_section_titled_chunks_with_their_pages(
         assert not any("References" == c.section for c in chunks), name
 
     summary = summaries(extractor)[docs["2106.09685v2_lora.pdf"].doc_id]
-    assert summary["pages"] == 26 and summary["chunks"] == len(outcome.chunks[docs["2106.09685v2_lora.pdf"].doc_id])
+    assert summary["pages"] == 26 and summary["chunks"] == len(
+        outcome.chunks[docs["2106.09685v2_lora.pdf"].doc_id]
+    )
     assert summary["sections"] > 10 and summary["chars"] > 50_000
     assert extractor.metric("distillery_extractor_documents_total", outcome="ok") >= 12
     assert extractor.metric("distillery_extractor_documents_total", outcome="no_text_layer") >= 1
@@ -75,7 +77,8 @@ def test_web_pages_keep_their_headings_and_have_no_pages(
     extractor: ExtractorRig, test_data: Path
 ) -> None:
     run = run_id()
-    page = test_data / "data/web/pattersonconsulting/blog/evolution_of_retrieval_augmented_generation_jan_2024.html"
+    blog = test_data / "data/web/pattersonconsulting/blog"
+    page = blog / "evolution_of_retrieval_augmented_generation_jan_2024.html"
     doc = extractor.document(page.read_bytes(), "text/html; charset=utf-8", page.name, run)
     chunks = extractor.run([doc]).chunks[doc.doc_id]
     sections = [c.section for c in chunks]
@@ -97,12 +100,16 @@ def test_every_hostile_file_ends_in_its_reason_in_time_and_memory_and_the_next_i
     outcome = extractor.run([*docs, after])
 
     got = {
-        h.name: outcome.dead[d.doc_id].reason if d.doc_id in outcome.dead else
-        ("chunks" if d.doc_id in outcome.chunks else "nothing")
+        h.name: outcome.dead[d.doc_id].reason
+        if d.doc_id in outcome.dead
+        else ("chunks" if d.doc_id in outcome.chunks else "nothing")
         for h, d in zip(hostile, docs, strict=True)
     }
     assert got == {h.name: h.reason or "chunks" for h in hostile}
-    seconds = {h.name: summaries(extractor)[d.doc_id]["seconds"] for h, d in zip(hostile, docs, strict=True)}
+    seconds = {
+        h.name: summaries(extractor)[d.doc_id]["seconds"]
+        for h, d in zip(hostile, docs, strict=True)
+    }
     assert max(seconds.values()) < TIMEOUT_S + 2, seconds
     assert outcome.chunks[after.doc_id]  # still serving
     assert extractor.process.poll() is None

@@ -41,7 +41,9 @@ def served(pool: Extractors) -> bool:
 
 def test_a_document_past_the_memory_limit_is_too_large(pool: Extractors) -> None:
     # One 70 MB string: under pypdf's stream limits, over this worker's 320 MiB.
-    hog = text_pdf(["x"], content=lambda _: stream(b"BT (" + b"a" * 70_000_000 + b") Tj ET", compress=True))
+    hog = text_pdf(
+        ["x"], content=lambda _: stream(b"BT (" + b"a" * 70_000_000 + b") Tj ET", compress=True)
+    )
     assert reason(pool, hog) == "too_large"
     assert served(pool)
 

@@ -27,7 +27,12 @@ class Outcome:
 class ExtractorRig(ServiceRig):
     def __init__(self, kafka: KafkaSettings, home: Path, **env: str) -> None:
         super().__init__(
-            "extractor", kafka, home / "blobs", home / "extractor.log", {topics.PARSED_TEXT: 6}, **env
+            "extractor",
+            kafka,
+            home / "blobs",
+            home / "extractor.log",
+            {topics.PARSED_TEXT: 6},
+            **env,
         )
         self.store = FileBlobStore(self.blobs)
         self.chunks = TopicReader(kafka, topics.PARSED_TEXT)

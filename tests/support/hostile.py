@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pypdf import PdfWriter
-from pypdf.generic import NameObject
 
 PDF = "application/pdf"
 HTML = "text/html"
@@ -31,7 +30,9 @@ class Hostile:
     reason: str | None
 
 
-def pdf(objects: list[bytes], *, root: int = 1, xref: bool = True, header: bytes = b"%PDF-1.7") -> bytes:
+def pdf(
+    objects: list[bytes], *, root: int = 1, xref: bool = True, header: bytes = b"%PDF-1.7"
+) -> bytes:
     """A PDF of the given object bodies (numbered from 1) with a correct cross-reference table,
     unless `xref` is False."""
     out = io.BytesIO()
@@ -57,6 +58,10 @@ def stream(data: bytes, extra: bytes = b"", *, compress: bool = False) -> bytes:
 
 
 FONT = b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"
+PAGE = (
+    b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792]"
+    b" /Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>"
+)
 
 
 def text_pdf(pages: list[str], *, content: Callable[[str], bytes] | None = None) -> bytes:
@@ -69,10 +74,7 @@ def text_pdf(pages: list[str], *, content: Callable[[str], bytes] | None = None)
         FONT,
     ]
     for i, text in enumerate(pages):
-        objects.append(
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>"
-            % (5 + 2 * i)
-        )
+        objects.append(PAGE % (5 + 2 * i))
         objects.append(content(text))
     return pdf(objects)
 
@@ -121,7 +123,12 @@ def _bomb() -> bytes:
     zeros = zlib.compressobj(9)
     block = bytes(1 << 20)
     data = b"".join(zeros.compress(block) for _ in range(1024)) + zeros.flush()
-    return text_pdf(["x"], content=lambda _: b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(data), data))
+    return text_pdf(
+        ["x"],
+        content=lambda _: (
+            b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(data), data)
+        ),
+    )
 
 
 def slow_pdf(pages: int, operators: int) -> bytes:
@@ -129,7 +136,7 @@ def slow_pdf(pages: int, operators: int) -> bytes:
     # under pypdf's parsing budget, the whole file takes minutes.
     body = b"BT /F1 1 Tf " + b"(a) Tj " * operators + b"ET"
     kids = b" ".join(b"%d 0 R" % (5 + i) for i in range(pages))
-    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> /Contents 4 0 R >>"
+    page = PAGE % 4
     return pdf(
         [
             b"<< /Type /Catalog /Pages 2 0 R >>",
@@ -145,7 +152,11 @@ def _broken_xref() -> bytes:
     good = text_pdf([SENTENCE, SENTENCE.replace("Low-rank", "Full")])
     # Every offset in the table is wrong; the objects themselves are intact.
     head, _, tail = good.partition(b"xref\n")
-    return head + b"xref\n" + re.sub(rb"(\d{10}) 00000 n", lambda m: b"%010d 00000 n" % (int(m[1]) + 7), tail)
+    return (
+        head
+        + b"xref\n"
+        + re.sub(rb"(\d{10}) 00000 n", lambda m: b"%010d 00000 n" % (int(m[1]) + 7), tail)
+    )
 
 
 def _missing_xref() -> bytes:
@@ -159,33 +170,82 @@ def _truncated_paper(papers: Path, keep: float) -> bytes:
 
 
 def corpus(papers: Path) -> list[Hostile]:
-    rng = random.Random(20261122)
+    rng = random.Random(20261122)  # noqa: S311 - reproducible junk, not secrets
     lora = (papers / "2106.09685v2_lora.pdf").read_bytes()
     return [
         Hostile("zero_bytes.pdf", b"", PDF, "not_a_pdf"),
         Hostile("random_bytes.pdf", rng.randbytes(256 * 1024), PDF, "not_a_pdf"),
-        Hostile("html_named.pdf", b"<!doctype html><html><body><p>Not a PDF.</p></body></html>", PDF, "not_a_pdf"),
+        Hostile(
+            "html_named.pdf",
+            b"<!doctype html><html><body><p>Not a PDF.</p></body></html>",
+            PDF,
+            "not_a_pdf",
+        ),
         Hostile("header_only.pdf", b"%PDF-1.7\n", PDF, "corrupt"),
         Hostile("header_then_noise.pdf", b"%PDF-1.4\n" + rng.randbytes(64 * 1024), PDF, "corrupt"),
         Hostile("truncated_first_kib.pdf", lora[:1024], PDF, "corrupt"),
         Hostile("truncated_half.pdf", _truncated_paper(papers, 0.5), PDF, "corrupt"),
-        Hostile("unknown_password_rc4.pdf", _encrypted("s3cret-rc4", "RC4-128"), PDF, "encrypted_no_password"),
-        Hostile("unknown_password_aes.pdf", _encrypted("s3cret-aes", "AES-256"), PDF, "encrypted_no_password"),
-        Hostile("configured_password_aes.pdf", _encrypted("hostile-test-password", "AES-256"), PDF, None),
-        Hostile("five_thousand_pages.pdf", text_pdf([f"Page {i}." for i in range(5000)]), PDF, "too_large"),
+        Hostile(
+            "unknown_password_rc4.pdf",
+            _encrypted("s3cret-rc4", "RC4-128"),
+            PDF,
+            "encrypted_no_password",
+        ),
+        Hostile(
+            "unknown_password_aes.pdf",
+            _encrypted("s3cret-aes", "AES-256"),
+            PDF,
+            "encrypted_no_password",
+        ),
+        Hostile(
+            "configured_password_aes.pdf", _encrypted("hostile-test-password", "AES-256"), PDF, None
+        ),
+        Hostile(
+            "five_thousand_pages.pdf",
+            text_pdf([f"Page {i}." for i in range(5000)]),
+            PDF,
+            "too_large",
+        ),
         Hostile("decompression_bomb.pdf", _bomb(), PDF, "too_large"),
         Hostile("page_tree_loop.pdf", _page_tree_loop(), PDF, "corrupt"),
         Hostile("reference_cycle.pdf", _reference_cycle(), PDF, "no_text_layer"),
         Hostile("deep_nesting.pdf", _deep_nesting(50_000), PDF, "corrupt"),
         Hostile("broken_xref.pdf", _broken_xref(), PDF, None),
         Hostile("missing_xref.pdf", _missing_xref(), PDF, "corrupt"),
-        Hostile("no_pages.pdf", pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [] /Count 0 >>"]), PDF, "no_content"),
-        Hostile("blank_pages.pdf", text_pdf(["", ""], content=lambda _: stream(b"")), PDF, "no_text_layer"),
+        Hostile(
+            "no_pages.pdf",
+            pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [] /Count 0 >>"]),
+            PDF,
+            "no_content",
+        ),
+        Hostile(
+            "blank_pages.pdf",
+            text_pdf(["", ""], content=lambda _: stream(b"")),
+            PDF,
+            "no_text_layer",
+        ),
         Hostile("slow_content.pdf", slow_pdf(1000, 400_000), PDF, "timeout"),
-        Hostile("huge_declared_length.pdf", text_pdf(["x"], content=lambda _: b"<< /Length 99999999999 >>\nstream\nBT ET\nendstream"), PDF, "too_large"),
-        Hostile("garbage_operators.pdf", text_pdf(["x"], content=lambda _: stream(rng.randbytes(4096))), PDF, "corrupt"),
+        Hostile(
+            "huge_declared_length.pdf",
+            text_pdf(
+                ["x"], content=lambda _: b"<< /Length 99999999999 >>\nstream\nBT ET\nendstream"
+            ),
+            PDF,
+            "too_large",
+        ),
+        Hostile(
+            "garbage_operators.pdf",
+            text_pdf(["x"], content=lambda _: stream(rng.randbytes(4096))),
+            PDF,
+            "corrupt",
+        ),
         Hostile("png.pdf", b"\x89PNG\r\n\x1a\n" + rng.randbytes(1024), "image/png", "unsupported"),
         Hostile("blank.html", b" \n\t\n", HTML, "no_content"),
         Hostile("binary.html", rng.randbytes(8192), HTML, "no_content"),
-        Hostile("menu_only.html", b"<html><body><nav><a href='/'>Home</a> <a href='/a'>About</a></nav></body></html>", HTML, "no_content"),
+        Hostile(
+            "menu_only.html",
+            b"<html><body><nav><a href='/'>Home</a> <a href='/a'>About</a></nav></body></html>",
+            HTML,
+            "no_content",
+        ),
     ]

@@ -145,15 +145,20 @@ def test_references_are_dropped_and_the_appendix_after_them_kept():
 
 def test_an_ieee_abstract_on_its_heading_line_opens_the_abstract():
     sections = core.split_sections(
-        lines_of("A Survey", "Abstract—Large language models are large.", "More.", "1 Intro", "Text.")
+        lines_of(
+            "A Survey", "Abstract—Large language models are large.", "More.", "1 Intro", "Text."
+        )
     )
     assert titles(sections) == [None, "Abstract", "1 Intro"]
     assert texts(sections[1].lines) == ["Large language models are large.", "More."]
 
 
 def test_a_reference_entry_after_the_references_is_not_an_appendix_heading():
-    rows = lines_of("References", "[1] A. A. Rusu, K. Milan, J. Quan, T. Ramalho, A. Grabska-",
-                    "Barwinska et al., catastrophic forgetting.")
+    rows = lines_of(
+        "References",
+        "[1] A. A. Rusu, K. Milan, J. Quan, T. Ramalho, A. Grabska-",
+        "Barwinska et al., catastrophic forgetting.",
+    )
     assert titles(core.split_sections(rows, drop_references=False)) == ["References"]
     assert core.split_sections(rows) == []
 
@@ -277,12 +282,18 @@ def test_lora_sections_and_joined_words(pdfs):
     [
         # Two-column papers: a sentence that wraps within its column reads on unbroken, so
         # pypdf gives the columns one after the other, not line by line across them.
-        ("2302.13971v1_llama.pdf", "Large Languages Models (LLMs) trained on massive corpora of "
-         "texts have shown their ability to perform new tasks from textual instructions or from a "
-         "few examples (Brown et al., 2020). These few-shot properties first appeared"),
-        ("1902.00751v2_adapters_peft.pdf", "Transfer from pre-trained models yields strong "
-         "performance on many NLP tasks (Dai & Le, 2015; Howard & Ruder, 2018; Radford et al., "
-         "2018). BERT, a Transformer network trained on large text corpora"),
+        (
+            "2302.13971v1_llama.pdf",
+            "Large Languages Models (LLMs) trained on massive corpora of texts have shown their "
+            "ability to perform new tasks from textual instructions or from a few examples "
+            "(Brown et al., 2020). These few-shot properties first appeared",
+        ),
+        (
+            "1902.00751v2_adapters_peft.pdf",
+            "Transfer from pre-trained models yields strong "
+            "performance on many NLP tasks (Dai & Le, 2015; Howard & Ruder, 2018; Radford et al., "
+            "2018). BERT, a Transformer network trained on large text corpora",
+        ),
     ],
 )
 def test_two_column_papers_read_column_by_column(pdfs, name, sentence):

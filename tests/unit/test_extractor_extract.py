@@ -19,7 +19,9 @@ LORA = "data/pdfs/2106.09685v2_lora.pdf"
 def test_chunks_counted_with_the_base_models_tokenizer_fit_its_budget(test_data: Path) -> None:
     tokenizer = test_data / "models" / "llama2-tokenizer"
     data = (test_data / LORA).read_bytes()
-    result = extract(data, "application/pdf", Options(max_tokens=256, overlap=32, tokenizer=str(tokenizer)))
+    result = extract(
+        data, "application/pdf", Options(max_tokens=256, overlap=32, tokenizer=str(tokenizer))
+    )
     exact = Tokenizer.from_file(str(tokenizer / "tokenizer.json"))
     for chunk in result.chunks:
         assert chunk.n_tokens == len(exact.encode(chunk.text, add_special_tokens=False).ids)
@@ -44,8 +46,9 @@ def test_unsupported_content_types_are_refused() -> None:
 
 
 def test_reasons_survive_pickling_across_processes() -> None:
-    bad = pickle.loads(pickle.dumps(BadInput("x", reason="no_text_layer")))
-    late = pickle.loads(pickle.dumps(Retryable("y", reason="worker_died", retry_after=2.0)))
+    # The worker pool pickles exceptions on their way back; these are our own bytes.
+    bad = pickle.loads(pickle.dumps(BadInput("x", reason="no_text_layer")))  # noqa: S301
+    late = pickle.loads(pickle.dumps(Retryable("y", reason="worker_died", retry_after=2.0)))  # noqa: S301
     assert (bad.reason, late.reason, late.retry_after) == ("no_text_layer", "worker_died", 2.0)
 
 

@@ -36,7 +36,9 @@ def test_a_blog_post_keeps_every_heading_the_extractor_dropped(test_data: Path) 
 
 
 def test_the_footer_and_the_table_of_contents_are_gone(test_data: Path) -> None:
-    text = text_of(page(test_data, "blog/evolution_of_retrieval_augmented_generation_jan_2024.html"))
+    text = text_of(
+        page(test_data, "blog/evolution_of_retrieval_augmented_generation_jan_2024.html")
+    )
     assert "Follow us" not in text  # the footer's
     # The table of contents repeats the headings as links; headings are titles, not text.
     assert "Use of Data Catalogs for Dynamic Discovery" not in text
@@ -51,7 +53,9 @@ def test_a_company_page_is_split_at_its_headings(test_data: Path) -> None:
     assert all(line.page is None for s in sections for line in s.lines)
 
 
-@pytest.mark.parametrize("data", [b"", b"<html><body><nav><a href='/'>Home</a></nav></body></html>"])
+@pytest.mark.parametrize(
+    "data", [b"", b"<html><body><nav><a href='/'>Home</a></nav></body></html>"]
+)
 def test_a_page_without_main_content_says_so(data: bytes) -> None:
     with pytest.raises(BadInput) as caught:
         read_html(data)
