@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from rich.table import Table
 from rich.text import Text
@@ -27,7 +28,7 @@ from pipeline.embedded import (
     available_services,
     pid_alive,
 )
-from pipeline.messages import FolderSource
+from pipeline.messages import DlqRecord, FolderSource, RawDoc, decode
 from pipeline.settings import KafkaSettings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -255,7 +256,13 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
         running = set(available_services())
         if "extractor" in running:
             console.print(f"[bold]2. extract[/bold] {topics.RAW_DOCS} → {topics.PARSED_TEXT}")
-            _drain(kafka_settings(home.resolve()), "extractor", topics.RAW_DOCS, timeout_s=600)
+            settings = kafka_settings(home.resolve())
+            _drain(settings, "extractor", topics.RAW_DOCS, timeout_s=600)
+            for dead in _read_all(settings, topics.dlq(topics.RAW_DOCS)):
+                record = decode(DlqRecord, dead.value)
+                doc = decode(RawDoc, record.original_value())
+                name = doc.source.url.rsplit("/", 1)[-1]
+                console.print(f"  dead-lettered {name}: {record.reason}", soft_wrap=True)
         table = Table("stage", "topic in", "service", "state")
         for service, topic in zip(SERVICES, topics.PIPELINE, strict=True):
             state = (
@@ -297,6 +304,26 @@ def _drain(settings: KafkaSettings, group: str, topic: str, timeout_s: float) ->
                 )
             time.sleep(0.5)
     console.print(f"{group}: all {total} messages of {topic} handled")
+
+
+def _read_all(settings: KafkaSettings, topic: str) -> list[ConsumerRecord]:
+    """Every record a topic holds now."""
+    reader = bus.consumer(settings, group_id=None)
+    try:
+        tps = bus.partitions_of(reader, topic)
+        ends = {tp: end for tp, end in bus.end_offsets(reader, tps).items() if end}
+        reader.assign(list(ends))
+        reader.seek_to_beginning()
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + 30
+        while any(reader.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise fail(f"could not read {topic} to its end in 30s")
+            for batch in reader.poll(timeout_ms=200).values():
+                records += batch
+        return records
+    finally:
+        reader.close()
 
 
 def _demo_corpus() -> Path:
