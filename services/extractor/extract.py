@@ -37,6 +37,8 @@ class Options:
 class Extraction:
     chunks: list[core.Chunk]
     pages: int | None  # None for HTML
+    #: Pages with no text layer (scanned) in a PDF that has text elsewhere.
+    pages_without_text: int
     chars: int
     sections: int
 
@@ -50,9 +52,10 @@ def extract(data: bytes, content_type: str, options: Options) -> Extraction:
             lines = core.clean_pages(pages)
             sections = core.split_sections(lines, options.drop_references)
             n_pages: int | None = len(pages)
+            blank = sum(not page.strip() for page in pages)
         elif kind in (HTML, "application/xhtml+xml"):
             sections = read_html(data)
-            n_pages = None
+            n_pages, blank = None, 0
         else:
             raise BadInput(f"no extractor for content type {content_type!r}", reason="unsupported")
         chunks = core.chunk_sections(
@@ -68,6 +71,7 @@ def extract(data: bytes, content_type: str, options: Options) -> Extraction:
     return Extraction(
         chunks=chunks,
         pages=n_pages,
+        pages_without_text=blank,
         chars=sum(len(line.text) for s in sections for line in s.lines),
         sections=sum(s.title is not None for s in sections),
     )

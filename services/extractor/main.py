@@ -89,7 +89,7 @@ def _summary(
 ) -> None:
     fields = {
         "doc_id": doc.doc_id,
-        "uri": doc.source.url,
+        "url": doc.source.url,
         "content_type": doc.content_type,
         "seconds": round(seconds, 3),
         "reason": reason,
@@ -97,6 +97,7 @@ def _summary(
     if result is not None:
         fields |= {
             "pages": result.pages,
+            "pages_without_text": result.pages_without_text,
             "chars": result.chars,
             "chunks": len(result.chunks),
             "sections": result.sections,

@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 from pipeline.errors import BadInput, Retryable
 from services.extractor.config import ExtractorSettings
 from services.extractor.extract import Options, extract
+from tests.support.hostile import SENTENCE, text_pdf
 
 LORA = "data/pdfs/2106.09685v2_lora.pdf"
 
@@ -60,3 +61,10 @@ def test_settings_that_cannot_work_fail_at_start(tmp_path: Path) -> None:
         ExtractorSettings(tokenizer=tmp_path, **env)
     settings = ExtractorSettings(pdf_passwords=["a,b", "c"], **env)
     assert settings.options.passwords == ("a,b", "c")
+
+
+def test_pages_without_text_in_a_document_with_text_are_counted() -> None:
+    whole = extract(text_pdf([SENTENCE, SENTENCE]), "application/pdf", Options())
+    mixed = extract(text_pdf([SENTENCE, "", SENTENCE]), "application/pdf", Options())
+    assert (whole.pages, whole.pages_without_text) == (2, 0)
+    assert (mixed.pages, mixed.pages_without_text) == (3, 1)
