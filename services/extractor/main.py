@@ -8,7 +8,6 @@ document ends in chunks or in the DLQ with a reason, and a one-line summary in t
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.blobstore import BlobStore, open_store
 from pipeline.errors import BadInput, PipelineError
-from pipeline.messages import ParsedChunk, RawDoc, chunk_id_of
+from pipeline.messages import ParsedChunk, RawDoc, chunk_id_of, doc_id_of
 from pipeline.settings import load
 from pipeline.worker import run_service
 from services.extractor.config import ExtractorSettings
@@ -70,7 +69,7 @@ def make_handler(
                 reason="too_large",
             )
         data = await asyncio.to_thread(store.get, doc.uri)
-        if hashlib.sha256(data).hexdigest() != doc.doc_id:
+        if doc_id_of(data) != doc.doc_id:
             raise BadInput(
                 f"the blob at {doc.uri} is not document {doc.doc_id}", reason="blob_mismatch"
             )

@@ -24,7 +24,7 @@ class ExtractorMetrics:
         self._sections = counter("extractor_sections", "Sections found").labels(service)
         self._seconds = Histogram(
             "extractor_document_seconds",
-            "Seconds to extract one document, in its worker process",
+            "Seconds per document: reading its bytes and extracting them",
             ["service"],
             namespace=NAMESPACE,
             registry=registry,
