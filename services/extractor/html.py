@@ -9,8 +9,6 @@ section. A block that cannot be found (trafilatura rewrote it) stays in the curr
 
 from __future__ import annotations
 
-import unicodedata
-
 import trafilatura
 from lxml import etree
 from trafilatura.settings import Document
@@ -41,7 +39,7 @@ def read_html(data: bytes) -> list[Section]:
     sections = [Section(None, [])]
     cursor, h = 0, 0
     for block in blocks:
-        at = stream.find(_normal(block)[:_KEY].casefold(), cursor)
+        at = stream.find(block[:_KEY].casefold(), cursor)
         if at >= 0:
             cursor = at
             title = None
@@ -74,7 +72,7 @@ def _page_text(tree: etree._Element) -> tuple[str, list[tuple[int, str]]]:
 
     def add(text: str | None) -> None:
         nonlocal length
-        if text and (normal := _normal(text)):
+        if text and (normal := tidy(text)):
             parts.append(normal.casefold())
             length += len(normal) + 1
 
@@ -83,7 +81,7 @@ def _page_text(tree: etree._Element) -> tuple[str, list[tuple[int, str]]]:
         tag = el.tag if isinstance(el.tag, str) else ""  # "" for comments
         if event == "start":
             hidden += tag in _INVISIBLE
-            if hidden == 0 and tag in _HEADINGS and (title := _normal(" ".join(el.itertext()))):
+            if hidden == 0 and tag in _HEADINGS and (title := tidy(" ".join(el.itertext()))):
                 headings.append((length, title))
             if hidden == 0 and tag:
                 add(el.text)
@@ -92,7 +90,3 @@ def _page_text(tree: etree._Element) -> tuple[str, list[tuple[int, str]]]:
             if hidden == 0:
                 add(el.tail)  # the tail follows the element, in its parent
     return " ".join(parts), headings
-
-
-def _normal(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).split())  # as tidy(), minus dropping

@@ -115,6 +115,18 @@ def retries(worker: Worker[Item]) -> float | None:
     )
 
 
+def wait_committed(rig: Rig, n: int, check: Callable[[], None] = lambda: None) -> int:
+    """Poll until the group has committed `n` offsets in all (or TIMEOUT_S), calling `check`
+    between polls; the total committed."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while (total := sum(bus.committed(rig.kafka, rig.group).values())) < n:
+        if time.monotonic() > deadline:
+            break
+        check()
+        time.sleep(0.1)
+    return total
+
+
 def test_retryable_twice_then_success_produces_the_output(rig):
     calls: Counter[str] = Counter()
 
@@ -286,9 +298,7 @@ def test_async_generator_handler_streams_outputs_before_it_finishes(rig):
         assert bus.committed(rig.kafka, rig.group) == {}  # not done yet, so not committed
         release.set()
         assert run.wait_for(rig.out, lambda r: "0.second" in r.keys())
-        deadline = time.monotonic() + TIMEOUT_S
-        while not bus.committed(rig.kafka, rig.group) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_committed(rig, 1)
     assert rig.out.keys() == {"0.first": 1, "0.second": 1}
     assert sum(bus.committed(rig.kafka, rig.group).values()) == 1
 
@@ -305,9 +315,7 @@ def test_handler_longer_than_max_poll_interval_keeps_its_partitions(rig):
     worker = rig.worker(slow, commit_interval_s=0.2)
     with Running(worker) as run:
         assert run.wait_for(rig.out, lambda r: len(r.records) == 2)
-        deadline = time.monotonic() + TIMEOUT_S
-        while sum(bus.committed(rig.kafka, rig.group).values()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_committed(rig, 2)
     assert rig.out.keys() == {"0": 1, "1": 1}  # each handled once: no eviction, no redelivery
     assert sum(bus.committed(rig.kafka, rig.group).values()) == 2
 
@@ -344,11 +352,12 @@ def test_a_member_joining_mid_handler_crashes_nothing_and_loses_nothing(rig):
     with Running(first) as one:
         assert started.wait(TIMEOUT_S)
         with Running(second) as two:  # joins the group: the partition is revoked mid-handler
-            deadline = time.monotonic() + TIMEOUT_S
-            while sum(bus.committed(rig.kafka, rig.group).values()) < 3:
+
+            def both_alive() -> None:
                 assert one.thread.is_alive() and two.thread.is_alive(), "a worker died"
-                assert time.monotonic() < deadline, "the records were never all committed"
-                time.sleep(0.2)
+
+            committed = wait_committed(rig, 3, check=both_alive)
+            assert committed >= 3, "the records were never all committed"
     # Running re-raises a worker's crash on exit; every record was handled (at least once).
     rig.out.read_until(lambda r: set(r.keys()) >= {"0", "1", "2"}, TIMEOUT_S)
     assert set(rig.out.keys()) == {"0", "1", "2"}

@@ -164,11 +164,6 @@ def _missing_xref() -> bytes:
     return good[: good.index(b"xref\n")] + b"%%EOF\n"
 
 
-def _truncated_paper(papers: Path, keep: float) -> bytes:
-    data = (papers / "2106.09685v2_lora.pdf").read_bytes()
-    return data[: int(len(data) * keep)]
-
-
 def corpus(papers: Path) -> list[Hostile]:
     rng = random.Random(20261122)  # noqa: S311 - reproducible junk, not secrets
     lora = (papers / "2106.09685v2_lora.pdf").read_bytes()
@@ -184,7 +179,7 @@ def corpus(papers: Path) -> list[Hostile]:
         Hostile("header_only.pdf", b"%PDF-1.7\n", PDF, "corrupt"),
         Hostile("header_then_noise.pdf", b"%PDF-1.4\n" + rng.randbytes(64 * 1024), PDF, "corrupt"),
         Hostile("truncated_first_kib.pdf", lora[:1024], PDF, "corrupt"),
-        Hostile("truncated_half.pdf", _truncated_paper(papers, 0.5), PDF, "corrupt"),
+        Hostile("truncated_half.pdf", lora[: len(lora) // 2], PDF, "corrupt"),
         Hostile(
             "unknown_password_rc4.pdf",
             _encrypted("s3cret-rc4", "RC4-128"),
