@@ -248,6 +248,8 @@ class GeneratorInfo(BaseModel):
     prompt_id: NonEmpty
     prompt_hash: NonEmpty
     temperature: float = Field(ge=0)
+    #: Id of the terms the model's outputs come under (pipeline.terms), when known.
+    terms: str | None = None
 
 
 class Pair(Message):

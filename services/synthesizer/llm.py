@@ -1,0 +1,206 @@
+"""Chat completions from OpenAI, Groq or any OpenAI-compatible server, through their own SDKs,
+at the provider's full rate and no faster.
+
+The SDKs' own retries are off (max_retries=0): a 429 must pause every request of the process,
+not only the one that got it, so retries happen here, where the limiter is. Errors leave as the
+pipeline's own: `Retryable` when the provider may recover, `BadInput` when it refuses this
+chunk's request itself; a bad key or model is found at start-up (`check`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import groq
+import openai
+
+from pipeline.errors import BadInput, Retryable
+from services.synthesizer.ratelimit import Budget, Limiter, retry_after
+
+log = logging.getLogger("synthesizer.llm")
+
+Provider = Literal["openai", "groq", "openai-compatible"]
+Structured = Literal["json_schema", "json_object", "none"]
+Message = dict[str, str]
+
+_RATE_LIMITED = (openai.RateLimitError, groq.RateLimitError)
+_STATUS = (openai.APIStatusError, groq.APIStatusError)
+_TRANSIENT = (
+    openai.APIConnectionError,  # includes timeouts
+    groq.APIConnectionError,
+    openai.APIResponseValidationError,  # a 200 whose body is not a completion
+    groq.APIResponseValidationError,
+)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cost_usd + other.cost_usd,
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    usage: Usage
+
+
+class Events(Protocol):
+    """What the client reports (the service's metrics)."""
+
+    def request(self, outcome: str, seconds: float) -> None: ...
+    def used(self, usage: Usage) -> None: ...
+
+
+class ConfigError(RuntimeError):
+    """At start-up: the provider cannot serve this configuration (key, model, address)."""
+
+
+def sdk(provider: Provider, api_key: str, base_url: str | None, timeout_s: float) -> Any:
+    """The provider's own async client, with its retries off (ours honour 429 for everyone)."""
+    if provider == "groq":
+        return groq.AsyncGroq(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
+    return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0)
+
+
+class ChatClient:
+    def __init__(
+        self,
+        client: Any,
+        model: str,
+        limiter: Limiter,
+        events: Events,
+        *,
+        structured: Structured,
+        attempts: int = 6,
+        backoff_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.limiter = limiter
+        self.events = events
+        self.structured = structured
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+
+    async def check(self) -> None:
+        """At start-up: the endpoint answers, the key is accepted and the model is served."""
+        try:
+            models = [m.id async for m in self.client.models.list()]
+        except (openai.AuthenticationError, groq.AuthenticationError) as exc:
+            raise ConfigError(f"the provider refused the API key: {exc}") from exc
+        except (*_TRANSIENT, *_STATUS) as exc:
+            raise ConfigError(f"cannot list the provider's models: {exc}") from exc
+        if self.model not in models:
+            raise ConfigError(
+                f"model {self.model!r} is not served here; available: {', '.join(models[:20])}"
+            )
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        temperature: float,
+        max_tokens: int,
+        budget: Budget,
+        schema: Mapping[str, Any] | None = None,
+    ) -> Completion:
+        estimate = sum(len(m["content"]) for m in messages) // 4 + 1
+        held = budget.reserve(estimate, max_tokens)
+        request: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(messages),
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+        }
+        if schema is not None and self.structured == "json_schema":
+            request["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": dict(schema), "strict": True},
+            }
+        elif schema is not None and self.structured == "json_object":
+            request["response_format"] = {"type": "json_object"}
+        try:
+            body = await self._send(request, estimate + max_tokens)
+        except BaseException:
+            budget.settle(held, 0, 0)  # nothing was used: release the reservation
+            raise
+        prompt = body.usage.prompt_tokens if body.usage else estimate
+        answer = body.usage.completion_tokens if body.usage else 0
+        self.limiter.settle(estimate + max_tokens, prompt + answer)
+        usage = Usage(prompt, answer, budget.settle(held, prompt, answer))
+        self.events.used(usage)
+        choice = body.choices[0] if body.choices else None
+        return Completion(
+            text=(choice.message.content or "") if choice else "",
+            finish_reason=(choice.finish_reason or "") if choice else "no_choice",
+            usage=usage,
+        )
+
+    async def _send(self, request: dict[str, Any], tokens: int) -> Any:
+        """One request, retried here on 429 (the whole process pauses as told) and on 5xx and
+        connection failures (backoff with full jitter); then Retryable, for the worker loop."""
+        for attempt in range(1, self.attempts + 1):
+            await self.limiter.acquire(tokens)
+            start = time.perf_counter()
+            try:
+                raw = await self.client.chat.completions.with_raw_response.create(**request)
+                body = raw.parse()
+            except _RATE_LIMITED as exc:
+                self.limiter.pause(retry_after(exc.response.headers) or self._backoff(attempt))
+                self.events.request("rate_limited", time.perf_counter() - start)
+                error: Exception = exc
+                continue
+            except _STATUS as exc:
+                self.events.request(f"http_{exc.status_code}", time.perf_counter() - start)
+                _raise_if_permanent(exc)
+                error = exc
+            except (*_TRANSIENT, ValueError) as exc:  # ValueError: a 200 that is not JSON
+                self.events.request("bad_response", time.perf_counter() - start)
+                error = exc
+            else:
+                self.events.request("ok", time.perf_counter() - start)
+                self.limiter.observe(raw.headers)
+                return body
+            await asyncio.sleep(self._backoff(attempt))
+        raise Retryable(
+            f"{self.attempts} attempts failed, last: {error}", reason=_reason(error)
+        ) from error
+
+    def _backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))  # noqa: S311 - jitter
+
+
+def _raise_if_permanent(exc: openai.APIStatusError | groq.APIStatusError) -> None:
+    """A request the provider will refuse again: because of this chunk (too long, say: the
+    chunk goes to the DLQ) or because of us (key, model: retried, then the DLQ, replayable
+    once fixed; the start-up check catches most of these before any chunk)."""
+    if exc.status_code in (400, 413, 422):
+        raise BadInput(f"the provider rejected the request: {exc}", reason="provider_rejected")
+    if exc.status_code in (401, 403, 404):
+        raise Retryable(f"the provider refused us: {exc}", reason="provider_refused")
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, _RATE_LIMITED):
+        return "rate_limited"
+    if isinstance(error, _STATUS):
+        return "provider_error"
+    return "provider_unreachable"
