@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +29,7 @@ from pipeline.embedded import (
     available_services,
     pid_alive,
 )
-from pipeline.messages import DlqRecord, FolderSource, RawDoc, decode
+from pipeline.messages import DlqRecord, FolderSource, Pair, RawDoc, decode
 from pipeline.settings import KafkaSettings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -263,6 +264,23 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
                 doc = decode(RawDoc, record.original_value())
                 name = doc.source.url.rsplit("/", 1)[-1]
                 console.print(f"  dead-lettered {name}: {record.reason}", soft_wrap=True)
+        if "synthesizer" in running:
+            console.print(
+                f"[bold]3. synthesize[/bold] {topics.PARSED_TEXT} → {topics.PAIRS} "
+                "(reading-comprehension: tasks mined from the text, no LLM)"
+            )
+            settings = kafka_settings(home.resolve())
+            _drain(settings, "synthesizer", topics.PARSED_TEXT, timeout_s=600)
+            pairs = [decode(Pair, r.value) for r in _read_all(settings, topics.PAIRS)]
+            tasks = Counter(p.task for p in pairs)
+            console.print(
+                f"  {len(pairs)} pairs: " + ", ".join(f"{t} {n}" for t, n in tasks.most_common())
+            )
+            if pairs:
+                sample = pairs[len(pairs) // 2]
+                console.print(
+                    f"  e.g. [{sample.task}] {sample.instruction} → {sample.output}", soft_wrap=True
+                )
         table = Table("stage", "topic in", "service", "state")
         for service, topic in zip(SERVICES, topics.PIPELINE, strict=True):
             state = (
@@ -274,9 +292,10 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
         missing = [s for s in SERVICES if s not in running]
         if missing:
             console.print(
-                "[yellow]Honest summary:[/yellow] the documents are scraped and extracted "
-                f"into chunks on {topics.PARSED_TEXT}; {', '.join(missing)} are not built yet, "
-                "so no pairs, adapter, report or gRPC answer were produced."
+                "[yellow]Honest summary:[/yellow] the documents are scraped, extracted into "
+                f"chunks and made into instruction pairs on {topics.PAIRS}; "
+                f"{', '.join(missing)} are not built yet, so no adapter, report or gRPC answer "
+                "were produced."
             )
     finally:
         down(home=home)

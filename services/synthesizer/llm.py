@@ -10,6 +10,7 @@ chunk's request itself; a bad key or model is found at start-up (`check`).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import random
 import time
@@ -103,12 +104,13 @@ class ChatClient:
     async def check(self) -> None:
         """At start-up: the endpoint answers, the key is accepted and the model is served."""
         try:
-            models = [m.id async for m in self.client.models.list()]
+            # Awaited, both SDKs give one page (openai's is also an async paginator).
+            models = [m.id for m in (await self.client.models.list()).data]
         except (openai.AuthenticationError, groq.AuthenticationError) as exc:
             raise ConfigError(f"the provider refused the API key: {exc}") from exc
         except (*_TRANSIENT, *_STATUS) as exc:
             raise ConfigError(f"cannot list the provider's models: {exc}") from exc
-        if self.model not in models:
+        if models and self.model not in models:  # some compatible servers list nothing
             raise ConfigError(
                 f"model {self.model!r} is not served here; available: {', '.join(models[:20])}"
             )
@@ -163,6 +165,8 @@ class ChatClient:
             try:
                 raw = await self.client.chat.completions.with_raw_response.create(**request)
                 body = raw.parse()
+                if inspect.isawaitable(body):  # groq's raw response parses asynchronously
+                    body = await body
             except _RATE_LIMITED as exc:
                 self.limiter.pause(retry_after(exc.response.headers) or self._backoff(attempt))
                 self.events.request("rate_limited", time.perf_counter() - start)

@@ -33,6 +33,7 @@ class ServiceRig:
         blobs: Path,
         log: Path,
         outputs: dict[str, int],
+        partitions: int = 1,
         **env: str,
     ) -> None:
         self.name = name
@@ -40,7 +41,8 @@ class ServiceRig:
         prefix = name.upper()
         self.topic = f"{name}-in-{uuid.uuid4().hex[:8]}"
         self.group = f"{name}-{uuid.uuid4().hex[:8]}"
-        bus.ensure_topics(kafka, {self.topic: 1, topics.dlq(self.topic): 1, **outputs})
+        self.partitions = partitions
+        bus.ensure_topics(kafka, {self.topic: partitions, topics.dlq(self.topic): 1, **outputs})
         self.blobs = blobs
         self.log = log
         self.env = {
@@ -132,6 +134,16 @@ class ServiceRig:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"input at offset {offset} not done in {timeout_s}s")
             time.sleep(0.2)
+
+    def drained(self) -> bool:
+        """Every partition of the input topic committed to its end."""
+        reader = bus.consumer(self.kafka, group_id=None)
+        try:
+            ends = bus.end_offsets(reader, bus.partitions_of(reader, self.topic))
+        finally:
+            reader.close()
+        committed = bus.committed(self.kafka, self.group)
+        return all(committed.get(tp, 0) >= end for tp, end in ends.items())
 
     def metric(self, name: str, **labels: str) -> float:
         """A sample from the service's /metrics endpoint (0 when it has none yet)."""

@@ -129,7 +129,7 @@ def malformed_corpus() -> list[str]:
         "\x00\x01\x02 binary junk \xff",
         "Ｉｎｓｔｒｕｃｔｉｏｎ： full-width labels only",
         "<html><body>502 Bad Gateway</body></html>",
-        "data: {\"choices\": []}\n\ndata: [DONE]",
+        'data: {"choices": []}\n\ndata: [DONE]',
         "\ufeff",
         "🙂" * 50,
         "Instruction: " + "very long " * 2000,
@@ -138,7 +138,7 @@ def malformed_corpus() -> list[str]:
     cuts = [whole[:n] for n in (1, 5, 17, 40, 80, len(whole) // 2, len(whole) - 3)]
     cuts += [text[:n] for n in (3, 12, 30, 60)]
     # Random byte damage of a good answer, seeded.
-    rng = random.Random(7)
+    rng = random.Random(7)  # noqa: S311 - reproducible damage, not secrets
     damaged = []
     for _ in range(10):
         chars = list(whole)

@@ -1,0 +1,248 @@
+"""The synthesizer's generators against a fake of the paid API on 127.0.0.1, through the real
+openai and groq SDKs: structured output, the text format, every fault the fake can inject,
+rate limits, budgets, the start-up check and a fuzz corpus of malformed answers on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from services.synthesizer.core import grounding
+from services.synthesizer.generators import Generation, Prompted
+from services.synthesizer.llm import ChatClient, ConfigError, Provider, Structured, Usage, sdk
+from services.synthesizer.prompts import load_prompt
+from services.synthesizer.ratelimit import Budget, BudgetExhausted, Limiter
+from tests.support.fake_llm import FakeLLM
+from tests.support.synthesizer_rig import chunk
+from tests.unit.test_synthesizer_parse import malformed_corpus
+
+pytestmark = pytest.mark.integration
+
+TEXT = (
+    "Low-rank adaptation freezes the pretrained model weights during fine-tuning. "
+    "It injects trainable rank decomposition matrices into each layer of the Transformer. "
+    "This reduces the number of trainable parameters by ten thousand times for GPT-3. "
+    "The adapted model has no additional inference latency compared with full fine-tuning."
+)
+
+
+class Events:
+    def __init__(self) -> None:
+        self.outcomes: list[str] = []
+        self.usage = Usage()
+
+    def request(self, outcome: str, seconds: float) -> None:
+        self.outcomes.append(outcome)
+
+    def used(self, usage: Usage) -> None:
+        self.usage += usage
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeLLM]:
+    with FakeLLM() as server:
+        yield server
+
+
+def generator(
+    fake: FakeLLM,
+    provider: Provider = "openai",
+    structured: Structured = "json_schema",
+    *,
+    rpm: float | None = None,
+    timeout_s: float = 10.0,
+    prompt: str = "triples-v1",
+) -> tuple[Prompted, Events]:
+    url = fake.groq_base_url if provider == "groq" else fake.openai_base_url
+    events = Events()
+    client = ChatClient(
+        sdk(provider, fake.key, url, timeout_s),
+        "fake-model",
+        Limiter(rpm, None),
+        events,
+        structured=structured,
+        attempts=4,
+        backoff_s=0.05,
+    )
+    made = Prompted(provider, client, load_prompt(prompt), temperature=0.3, max_tokens=512)
+    return made, events
+
+
+def run(made: Prompted, budget: Budget | None = None, times: int = 1) -> Generation:
+    """`times` chunks in turn on one event loop (the SDK's connections belong to one); the
+    last one's generation."""
+
+    async def turns() -> Generation:
+        spend = budget or Budget(None, None, None)
+        for _ in range(times - 1):
+            await made.generate(chunk(TEXT), spend)
+        return await made.generate(chunk(TEXT), spend)
+
+    return asyncio.run(turns())
+
+
+@pytest.mark.parametrize(
+    ("provider", "structured"),
+    [("openai", "json_schema"), ("groq", "json_object"), ("openai-compatible", "none")],
+)
+def test_each_sdk_and_answer_format_gives_grounded_triples(
+    fake: FakeLLM, provider: Provider, structured: Structured
+) -> None:
+    made, events = generator(fake, provider, structured)
+    generation = run(made)
+    assert len(generation.triples) == 3 and not generation.rejected
+    for t in generation.triples:
+        assert t.output in TEXT and grounding(t.output, TEXT) == 1.0
+        assert t.task == "instruction"
+    body: dict[str, Any] = fake.stats.bodies[-1]
+    assert body["temperature"] == 0.3 and body["max_tokens"] == 512
+    assert body["messages"][1]["content"].endswith("Text:\n" + TEXT)
+    kind = {"json_schema": "json_schema", "json_object": "json_object"}.get(structured)
+    assert body.get("response_format", {}).get("type") == kind
+    assert events.outcomes == ["ok"]
+    assert generation.usage.prompt_tokens > 100 and generation.usage.completion_tokens > 10
+
+
+def test_429_pauses_everyone_for_retry_after_then_succeeds(fake: FakeLLM) -> None:
+    made, events = generator(fake)
+    fake.inject("429")
+    start = time.monotonic()
+    generation = run(made)
+    assert time.monotonic() - start >= 0.95  # the fake says retry-after 1 s
+    assert len(generation.triples) == 3
+    assert events.outcomes == ["rate_limited", "ok"]
+    assert made.client.limiter.waited_s >= 0.9
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "bad_body"])
+def test_server_errors_are_retried_with_backoff(fake: FakeLLM, fault: str) -> None:
+    made, events = generator(fake)
+    fake.inject(fault, fault)
+    generation = run(made)
+    assert len(generation.triples) == 3
+    assert events.outcomes[-1] == "ok" and len(events.outcomes) == 3
+
+
+def test_a_provider_that_keeps_failing_is_retryable_for_the_worker_loop(fake: FakeLLM) -> None:
+    from pipeline.errors import Retryable
+
+    made, events = generator(fake)
+    fake.inject(*["500"] * 4)
+    with pytest.raises(Retryable) as info:
+        run(made)
+    assert info.value.reason == "provider_error"
+    assert events.outcomes == ["http_500"] * 4
+
+
+def test_a_hung_request_times_out_and_is_retried() -> None:
+    with FakeLLM(hang=30) as fake:
+        made, events = generator(fake, timeout_s=0.5)
+        fake.inject("hang")
+        generation = run(made)
+    assert len(generation.triples) == 3
+    assert events.outcomes == ["bad_response", "ok"]
+
+
+@pytest.mark.parametrize("fault", ["malformed", "empty"])
+def test_a_bad_answer_gets_one_repair_request(fake: FakeLLM, fault: str) -> None:
+    made, events = generator(fake, structured="none")
+    fake.inject(fault)
+    generation = run(made)
+    assert generation.repaired and len(generation.triples) == 3
+    assert len(fake.stats.bodies) == 2
+    repair = fake.stats.bodies[-1]["messages"]
+    if fault == "empty":
+        assert len(repair) == 2  # nothing to correct: asked again
+    else:
+        assert repair[-2]["role"] == "assistant" and "could not be read" in repair[-1]["content"]
+
+
+def test_two_bad_answers_are_rejected_with_the_reason(fake: FakeLLM) -> None:
+    made, _ = generator(fake, structured="none")
+    fake.inject("malformed", "malformed")
+    generation = run(made)
+    assert generation.triples == [] and generation.rejected == ["malformed_no_triples"]
+
+
+@pytest.mark.parametrize("structured", ["json_schema", "none"])
+def test_a_truncated_answer_keeps_its_complete_triples_without_a_repair(
+    fake: FakeLLM, structured: Structured
+) -> None:
+    made, _ = generator(fake, structured=structured)
+    fake.inject("truncated")
+    generation = run(made)
+    assert not generation.repaired and 1 <= len(generation.triples) < 3
+    assert all(t.output in TEXT for t in generation.triples)  # none of them cut
+    assert len(fake.stats.bodies) == 1
+
+
+def test_fuzz_corpus_on_the_wire_never_crashes() -> None:
+    corpus = malformed_corpus()
+    answers = iter(corpus)
+    outcomes: dict[str, int] = {}
+
+    async def every(made: Prompted) -> None:
+        for _ in range(len(corpus) // 2):  # each generate asks twice: answer and repair
+            generation = await made.generate(chunk(TEXT), Budget(None, None, None))
+            key = "parsed" if generation.triples else generation.rejected[0]
+            outcomes[key] = outcomes.get(key, 0) + 1
+
+    with FakeLLM(responder=lambda _request: next(answers, "")) as fake:
+        asyncio.run(every(generator(fake, structured="none")[0]))
+    assert sum(outcomes.values()) == len(corpus) // 2
+    assert all(k == "parsed" or k.startswith("malformed_") for k in outcomes), outcomes
+
+
+def test_the_limiter_keeps_concurrent_chunks_under_the_rate_limit() -> None:
+    with FakeLLM(rpm=600, latency=0.05) as fake:  # 10/s, one second's worth at once
+        made, events = generator(fake, rpm=600 * 0.97)
+
+        async def many() -> list[Generation]:
+            budget = Budget(None, None, None)
+            texts = [f"{TEXT} Chunk {i} adds one more sentence of eight words." for i in range(30)]
+            return await asyncio.gather(*(made.generate(chunk(t), budget) for t in texts))
+
+        start = time.monotonic()
+        generations = asyncio.run(many())
+        elapsed = time.monotonic() - start
+        stats = fake.stats
+    assert all(len(g.triples) == 3 for g in generations)
+    assert stats.rate_limited == 0 and events.outcomes.count("ok") == 30
+    assert elapsed >= 1.9  # 30 requests at 10/s after a burst of 10
+
+
+def test_budget_stops_the_run_cleanly(fake: FakeLLM) -> None:
+    made, _ = generator(fake)
+    budget = Budget(max_tokens=2500, max_usd=None, price=None)
+    spent: list[int] = []
+
+    async def until_spent() -> None:
+        for _ in range(10):
+            await made.generate(chunk(TEXT), budget)
+            spent.append(budget.tokens)
+
+    with pytest.raises(BudgetExhausted):
+        asyncio.run(until_spent())
+    # Each request reserves ~300 prompt + 512 max_tokens and keeps only what it used (~370).
+    assert 0 < spent[0] < 500 and len(spent) >= 3
+    assert budget.tokens <= 2500
+    assert len(fake.stats.bodies) == len(spent)
+
+
+def test_start_up_check_names_the_problem(fake: FakeLLM) -> None:
+    good = ChatClient(sdk("groq", fake.key, fake.groq_base_url, 5), "m", Limiter(None, None),
+                      Events(), structured="none")  # fmt: skip
+    asyncio.run(good.check())  # the fake serves any model by default
+    bad_key = ChatClient(sdk("openai", "wrong", fake.openai_base_url, 5), "m",
+                         Limiter(None, None), Events(), structured="none")  # fmt: skip
+    with pytest.raises(ConfigError, match="API key"):
+        asyncio.run(bad_key.check())
+    with FakeLLM(models=("llama3-70b-8192",)) as only:
+        unknown = ChatClient(sdk("openai", only.key, only.openai_base_url, 5), "gpt-x",
+                             Limiter(None, None), Events(), structured="none")  # fmt: skip
+        with pytest.raises(ConfigError, match="llama3-70b-8192"):
+            asyncio.run(unknown.check())
