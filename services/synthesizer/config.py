@@ -79,6 +79,13 @@ class SynthesizerSettings(ServiceSettings):
     #: Share of an output's content words that must occur in its chunk (0 disables).
     grounding_min: float = Field(0.5, ge=0, le=1)
 
+    #: The optional LLM judge (same provider): outputs scored 1-5 for support by their chunk.
+    judge: bool = False
+    #: The judge's model; unset: SYNTHESIZER_MODEL.
+    judge_model: str | None = None
+    judge_prompt: str = "judge-v1"
+    judge_min_score: int = Field(4, ge=1, le=5)
+
     #: A YAML table of model terms replacing the built-in one (pipeline/terms.py).
     terms_table: Path | None = None
 
@@ -91,6 +98,10 @@ class SynthesizerSettings(ServiceSettings):
                 raise ValueError(f"generator {self.generator} needs SYNTHESIZER_API_KEY")
             if self.generator == "openai-compatible" and not self.base_url:
                 raise ValueError("generator openai-compatible needs SYNTHESIZER_BASE_URL")
+        if self.judge and self.generator == "reading-comprehension":
+            raise ValueError(
+                "SYNTHESIZER_JUDGE needs a provider: set SYNTHESIZER_GENERATOR to an LLM one"
+            )
         if self.budget_usd is not None and self.price is None:
             raise ValueError(
                 f"SYNTHESIZER_BUDGET_USD needs the price of {self.model!r}: "

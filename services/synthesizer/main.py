@@ -19,8 +19,9 @@ from pipeline.messages import GeneratorInfo, Pair, ParsedChunk, pair_id_of
 from pipeline.settings import load
 from pipeline.worker import run_service
 from services.synthesizer.config import SynthesizerSettings
-from services.synthesizer.core import Quality
+from services.synthesizer.core import Quality, Triple
 from services.synthesizer.generators import Generator, Prompted, ReadingComprehension
+from services.synthesizer.judge import Judge
 from services.synthesizer.llm import ChatClient, ConfigError, sdk
 from services.synthesizer.metrics import SynthesizerMetrics
 from services.synthesizer.prompts import load_prompt
@@ -31,7 +32,10 @@ log = logging.getLogger("synthesizer")
 
 
 def make_handler(
-    settings: SynthesizerSettings, generator: Generator, metrics: SynthesizerMetrics
+    settings: SynthesizerSettings,
+    generator: Generator,
+    metrics: SynthesizerMetrics,
+    judge: Judge | None = None,
 ) -> Callable[[ParsedChunk], Awaitable[list[Pair]]]:
     quality = Quality(settings.limits, settings.grounding_min)
     rules = terms.load_rules(settings.terms_table) if settings.terms_table else terms.DEFAULT_RULES
@@ -52,20 +56,17 @@ def make_handler(
         return budgets[run_id]
 
     async def handle(chunk: ParsedChunk) -> list[Pair]:
+        spend = budget(chunk.run_id)
         try:
-            generation = await generator.generate(chunk, budget(chunk.run_id))
+            generation = await generator.generate(chunk, spend)
+            kept = await _filter(chunk, generation.triples, spend)
         except Exception as exc:
             metrics.chunk(getattr(exc, "reason", "error"))
             raise
         for reason in generation.rejected:
             metrics.rejected(reason)
-        source = _source(chunk) if generator.grounded else None
         pairs = []
-        for triple in generation.triples:
-            pair_id = pair_id_of(triple.instruction, triple.input, triple.output)
-            if problem := quality.problem(triple, pair_id, source):
-                metrics.rejected(problem)
-                continue
+        for pair_id, triple in kept:
             metrics.pair(triple.task)
             pairs.append(
                 Pair(
@@ -84,6 +85,26 @@ def make_handler(
         metrics.chunk("repaired" if generation.repaired else "ok" if pairs else "no_pairs")
         return pairs
 
+    async def _filter(
+        chunk: ParsedChunk, triples: list[Triple], spend: Budget
+    ) -> list[tuple[str, Triple]]:
+        """The cheap filters first, then the judge on what is left."""
+        source = _source(chunk) if generator.grounded else None
+        kept = []
+        for triple in triples:
+            pair_id = pair_id_of(triple.instruction, triple.input, triple.output)
+            if problem := quality.problem(triple, pair_id, source):
+                metrics.rejected(problem)
+            else:
+                kept.append((pair_id, triple))
+        if judge is None or not kept:
+            return kept
+        verdicts = await asyncio.gather(*(judge.problem(t, _source(chunk), spend) for _, t in kept))
+        for problem in verdicts:
+            if problem:
+                metrics.rejected(problem)
+        return [k for k, problem in zip(kept, verdicts, strict=True) if problem is None]
+
     return handle
 
 
@@ -94,9 +115,9 @@ def _source(chunk: ParsedChunk) -> str:
 
 def build_generator(
     settings: SynthesizerSettings, metrics: SynthesizerMetrics
-) -> tuple[Generator, Limiter | None]:
+) -> tuple[Generator, Judge | None, Limiter | None]:
     if settings.generator == "reading-comprehension":
-        return ReadingComprehension(settings.max_per_task), None
+        return ReadingComprehension(settings.max_per_task), None, None
     assert settings.model is not None  # noqa: S101 - checked by the settings
     limiter = Limiter(
         settings.requests_per_minute and settings.requests_per_minute * settings.rate_headroom,
@@ -111,6 +132,17 @@ def build_generator(
         attempts=settings.request_attempts,
     )
     prompt = load_prompt(settings.prompt)
+    judge = None
+    if settings.judge:
+        judging = ChatClient(
+            client.client,
+            settings.judge_model or settings.model,
+            limiter,
+            metrics,
+            structured="none",
+            attempts=settings.request_attempts,
+        )
+        judge = Judge(judging, load_prompt(settings.judge_prompt), settings.judge_min_score)
     temperature, max_tokens = settings.temperature, settings.max_tokens
     if prompt.kind == "self-instruct":
         if settings.seed_tasks is None:
@@ -128,7 +160,7 @@ def build_generator(
         generator = Prompted(
             settings.generator, client, prompt, temperature=temperature, max_tokens=max_tokens
         )
-    return generator, limiter
+    return generator, judge, limiter
 
 
 def _sdk(settings: SynthesizerSettings) -> object:
@@ -166,9 +198,8 @@ def main() -> None:
     registry = CollectorRegistry()
     probe_model = settings.model or "reading-comprehension"
     metrics = SynthesizerMetrics(settings.service_name, registry, settings.generator, probe_model)
-    generator, limiter = build_generator(settings, metrics)
+    generator, judge, limiter = build_generator(settings, metrics)
     if limiter is not None:
         metrics.waiting(lambda: limiter.waited_s)
-    run_service(
-        settings, ParsedChunk, make_handler(settings, generator, metrics), registry=registry
-    )
+    handle = make_handler(settings, generator, metrics, judge)
+    run_service(settings, ParsedChunk, handle, registry=registry)

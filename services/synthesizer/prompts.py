@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 
 BUNDLED = Path(__file__).parent / "prompts"
-Kind = Literal["triples", "qa", "self-instruct"]
-KINDS: tuple[Kind, ...] = ("triples", "qa", "self-instruct")
+Kind = Literal["triples", "qa", "self-instruct", "judge"]
+KINDS: tuple[Kind, ...] = ("triples", "qa", "self-instruct", "judge")
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,9 @@ def _build(path: Path, spec: dict[str, Any], digest: str) -> Prompt:
         raise ValueError(f"prompt {path}: kind {spec['kind']!r} is not one of {KINDS}")
     skip = {"id", "kind", "grounded", "system", "formats", "schema"}
     templates = {k: v for k, v in spec.items() if k not in skip and isinstance(v, str)}
-    needed = {"triples": ("user", "repair"), "qa": ("user", "repair")}.get(spec["kind"], ())
+    needed = {"triples": ("user", "repair"), "qa": ("user", "repair"), "judge": ("user",)}.get(
+        spec["kind"], ()
+    )
     if absent := [t for t in needed if t not in templates]:
         raise ValueError(f"prompt {path} lacks the template(s) {', '.join(absent)}")
     return Prompt(

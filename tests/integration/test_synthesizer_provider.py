@@ -246,3 +246,45 @@ def test_start_up_check_names_the_problem(fake: FakeLLM) -> None:
                              Limiter(None, None), Events(), structured="none")  # fmt: skip
         with pytest.raises(ConfigError, match="llama3-70b-8192"):
             asyncio.run(unknown.check())
+
+
+def test_the_judge_drops_outputs_it_finds_unsupported() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.settings import KafkaSettings
+    from services.synthesizer.config import SynthesizerSettings
+    from services.synthesizer.judge import Judge, read_score
+    from services.synthesizer.main import make_handler
+    from services.synthesizer.metrics import SynthesizerMetrics
+    from tests.support.fake_llm import grounded_responder
+
+    def responder(request: dict[str, Any]) -> str:
+        last = request["messages"][-1]["content"]
+        if last.rstrip().endswith("Score:"):  # the judge's prompt
+            return "Score: 2/5" if "injects" in last.split("Output:")[-1] else "5"
+        return grounded_responder(request)
+
+    assert [read_score(a) for a in ("4", "**5**", "Score: 3/5", "none", "10")] == [
+        4,
+        5,
+        3,
+        None,
+        None,
+    ]
+    with FakeLLM(responder=responder) as fake:
+        made, _ = generator(fake)
+        judge = Judge(made.client, load_prompt("judge-v1"), min_score=4)
+        settings = SynthesizerSettings(
+            kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"),
+            generator="openai",
+            model="fake-model",
+            api_key="k",
+            judge=True,
+        )
+        metrics = SynthesizerMetrics("synthesizer", CollectorRegistry(), "openai", "fake-model")
+        handle = make_handler(settings, made, metrics, judge)
+        pairs = asyncio.run(handle(chunk(TEXT)))
+    assert len(pairs) == 2 and not any("injects" in p.output for p in pairs)
+    assert len(fake.stats.bodies) == 4  # one generation, three verdicts
+    dropped = metrics._rejected.labels("synthesizer", "judged_unsupported")._value.get()
+    assert dropped == 1
