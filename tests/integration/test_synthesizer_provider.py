@@ -5,8 +5,10 @@ rate limits, budgets, the start-up check and a fuzz corpus of malformed answers 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -288,3 +290,80 @@ def test_the_judge_drops_outputs_it_finds_unsupported() -> None:
     assert len(fake.stats.bodies) == 4  # one generation, three verdicts
     dropped = metrics._rejected.labels("synthesizer", "judged_unsupported")._value.get()
     assert dropped == 1
+
+
+def test_self_instruct_bootstraps_from_the_seed_tasks(test_data: Path) -> None:
+    from services.synthesizer.selfinstruct import SelfInstruct, load_seed_tasks
+
+    seeds = load_seed_tasks(test_data / "data/instructions/self_instruct/seed_tasks.jsonl")
+    human = {s.instruction for s in seeds}
+    # Two new tasks a round, unlike each other (else ROUGE-L rightly drops the later ones).
+    classify = [
+        "Classify the sentiment of this movie review as positive or negative.",
+        "Decide whether the tweet below expresses anger, joy or sadness.",
+        "Tell whether the following sentence is grammatically correct or not.",
+    ]
+    generate = [
+        "Suggest a name for a bakery that sells sourdough bread.",
+        "Write a short apology email to a customer whose parcel arrived late.",
+        "Explain how a rainbow forms to a ten year old child.",
+    ]
+    rounds = iter(range(3))
+
+    def responder(request: dict[str, Any]) -> str:
+        """Plays the model's three parts: new tasks, the classification verdict, instances."""
+        prompt = request["messages"][-1]["content"]
+        if prompt.startswith("Come up with a series of tasks"):
+            n = next(rounds)
+            return "\n".join(
+                [
+                    classify[n],
+                    f"Task 10: {generate[n]}",
+                    "Task 11: Draw a picture of a cat.",  # blacklisted
+                    "Task 12: Hi.",  # too short
+                    f"Task 13: {seeds[0].instruction}",  # a seed again: ROUGE-L 1.0
+                ]
+            )
+        if prompt.rstrip().endswith("Is it classification?"):
+            return "Yes" if prompt.split("Task:")[-1].split("\n")[0].strip() in classify else "No"
+        if prompt.startswith("Given the classification task"):
+            return (
+                "Class label: Positive\nReview: I loved it.\nClass label: Negative\nReview: Dull."
+            )
+        return (
+            "Example 1\nInput: <noinput>\nOutput: Crumb & Co.\n"
+            "Example 2\nInput: rye\nOutput: Rye Days"
+        )
+
+    with FakeLLM(responder=responder) as fake:
+        made, _ = generator(fake)
+        bootstrap = SelfInstruct(
+            "openai", made.client, load_prompt("self-instruct-v1"), seeds,
+            temperature=0.7, max_tokens=512,
+        )  # fmt: skip
+
+        async def three_rounds() -> list[Generation]:
+            budget = Budget(None, None, None)
+            return [await bootstrap.generate(chunk(f"t{i}", doc=f"d{i}"), budget) for i in range(3)]
+
+        generations = asyncio.run(three_rounds())
+        bodies = fake.stats.bodies
+    first = generations[0]
+    assert sorted(first.rejected) == ["blacklisted", "similar", "too_short"]
+    assert {t.task for t in first.triples} == {"classification", "generation"}
+    classification = [t for t in first.triples if t.task == "classification"]
+    assert [(t.input, t.output) for t in classification] == [
+        ("Review: I loved it.", "Positive"),
+        ("Review: Dull.", "Negative"),
+    ]
+    generation = [t for t in first.triples if t.task == "generation"]
+    assert [(t.input, t.output) for t in generation] == [("", "Crumb & Co."), ("rye", "Rye Days")]
+    assert len(bootstrap.machine) == 6  # two new instructions a round
+    # In-context: 8 tasks, all human in the first round, then 6 human and 2 machine-made.
+    asks = [b["messages"][-1]["content"] for b in bodies]
+    asks = [a for a in asks if a.startswith("Come up with a series of tasks")]
+    for n, ask in enumerate(asks):
+        listed = re.findall(r"^Task \d+: (.+)$", ask, re.M)
+        assert len(listed) == 8 and ask.rstrip().endswith("Task 9:")
+        assert sum(t in human for t in listed) == (8 if n == 0 else 6)
+    assert generations[2].triples and all(g.usage.prompt_tokens > 0 for g in generations)
