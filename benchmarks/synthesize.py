@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -50,7 +51,11 @@ def corpus(n: int) -> list[ParsedChunk]:
     root = (Path(os.environ.get("DISTILLERY_TEST_DATA", "../shared")) / "data" / "pdfs").resolve()
     texts = [c.text for c in paper_chunks(root)]
     return [
-        chunk(texts[i % len(texts)].replace(". ", f" [{i}]. "), doc=f"bench-{i}", run_id="bench")
+        chunk(
+            re.sub(r"\.(\s|$)", f" [{i}].\\1", texts[i % len(texts)]),
+            doc=f"bench-{i}",
+            run_id="bench",
+        )
         for i in range(n)
     ]
 

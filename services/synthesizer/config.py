@@ -12,6 +12,7 @@ from pipeline import topics
 from pipeline.settings import ServiceSettings
 from services.synthesizer.core import Limits
 from services.synthesizer.llm import Structured
+from services.synthesizer.prompts import load_prompt
 from services.synthesizer.ratelimit import Price
 
 #: US dollars per million tokens (input, output), as the providers list them in 2026-11;
@@ -98,6 +99,7 @@ class SynthesizerSettings(ServiceSettings):
                 raise ValueError(f"generator {self.generator} needs SYNTHESIZER_API_KEY")
             if self.generator == "openai-compatible" and not self.base_url:
                 raise ValueError("generator openai-compatible needs SYNTHESIZER_BASE_URL")
+            self._check_prompts()
         if self.judge and self.generator == "reading-comprehension":
             raise ValueError(
                 "SYNTHESIZER_JUDGE needs a provider: set SYNTHESIZER_GENERATOR to an LLM one"
@@ -108,6 +110,17 @@ class SynthesizerSettings(ServiceSettings):
                 "add it to SYNTHESIZER_PRICES as {model: [input, output]} in $/M tokens"
             )
         return self
+
+    def _check_prompts(self) -> None:
+        """The prompt files load, and Self-Instruct has its seed tasks (at start-up, not on
+        the first chunk)."""
+        prompt = load_prompt(self.prompt)
+        if prompt.kind == "judge":
+            raise ValueError(f"SYNTHESIZER_PROMPT {prompt.id} is a judge's prompt")
+        if prompt.kind == "self-instruct" and not (self.seed_tasks and self.seed_tasks.is_file()):
+            raise ValueError(f"prompt {prompt.id} needs SYNTHESIZER_SEED_TASKS, a seed-task file")
+        if self.judge and load_prompt(self.judge_prompt).kind != "judge":
+            raise ValueError(f"SYNTHESIZER_JUDGE_PROMPT {self.judge_prompt} is not a judge's")
 
     @property
     def price(self) -> Price | None:

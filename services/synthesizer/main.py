@@ -145,8 +145,7 @@ def build_generator(
         judge = Judge(judging, load_prompt(settings.judge_prompt), settings.judge_min_score)
     temperature, max_tokens = settings.temperature, settings.max_tokens
     if prompt.kind == "self-instruct":
-        if settings.seed_tasks is None:
-            raise ConfigError(f"prompt {prompt.id} needs SYNTHESIZER_SEED_TASKS")
+        assert settings.seed_tasks is not None  # noqa: S101 - checked by the settings
         seeds = load_seed_tasks(settings.seed_tasks)
         generator: Generator = SelfInstruct(
             settings.generator,

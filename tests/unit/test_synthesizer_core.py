@@ -125,7 +125,9 @@ def test_self_instruct_filters_follow_the_paper() -> None:
     assert instruction_problem("Write a program that adds two numbers.") == "blacklisted"
     assert instruction_problem('"Quote" the following sentence back.') == "punctuation_start"
     assert instruction_problem("Écris une phrase sur la mer.") == "non_english_start"
-    assert instruction_problem("Mapping words to their opposites is fun.") is None  # a word, not "map"
+    assert (
+        instruction_problem("Mapping words to their opposites is fun.") is None
+    )  # a word, not "map"
 
 
 def test_self_instruct_answer_formats() -> None:
@@ -137,7 +139,9 @@ def test_self_instruct_answer_formats() -> None:
     ]
     input_first = "Example 1\nInput: 2 + 2\nOutput: 4\n\nExample 2\nInput: <noinput>\nOutput: 7"
     assert parse_instances(input_first, classification=False) == [("2 + 2", "4"), ("", "7")]
-    output_first = "Class label: Positive\nSentence: Loved it.\nClass label: Negative\nSentence: No."
+    output_first = (
+        "Class label: Positive\nSentence: Loved it.\nClass label: Negative\nSentence: No."
+    )
     assert parse_instances(output_first, classification=True) == [
         ("Sentence: Loved it.", "Positive"),
         ("Sentence: No.", "Negative"),
@@ -156,3 +160,40 @@ def test_seed_tasks_load(test_data: Path, tmp_path: Path) -> None:
     bad.write_text('{"instruction": "x"}\n')
     with pytest.raises(ValueError, match="seeds.jsonl:1"):
         load_seed_tasks(bad)
+
+
+def test_settings_name_what_is_missing(test_data: Path) -> None:
+    from pydantic import ValidationError
+
+    from pipeline.settings import KafkaSettings
+    from services.synthesizer.config import SynthesizerSettings
+
+    def settings(**values: object) -> SynthesizerSettings:
+        return SynthesizerSettings(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"), **values)
+
+    assert settings().generator == "reading-comprehension"
+    cases = {
+        "needs SYNTHESIZER_MODEL": {"generator": "groq", "api_key": "k"},
+        "needs SYNTHESIZER_API_KEY": {"generator": "openai", "model": "gpt-4o"},
+        "needs SYNTHESIZER_BASE_URL": {"generator": "openai-compatible", "model": "m"},
+        "needs SYNTHESIZER_SEED_TASKS": {
+            "generator": "openai-compatible", "model": "m", "base_url": "http://x/v1",
+            "prompt": "self-instruct-v1",
+        },
+        "no prompt 'triples-v9'": {
+            "generator": "openai-compatible", "model": "m", "base_url": "http://x/v1",
+            "prompt": "triples-v9",
+        },
+        "needs the price of 'my-model'": {
+            "generator": "openai-compatible", "model": "my-model", "base_url": "http://x/v1",
+            "budget_usd": 5,
+        },
+        "SYNTHESIZER_JUDGE needs a provider": {"judge": True},
+    }  # fmt: skip
+    for message, values in cases.items():
+        with pytest.raises(ValidationError, match=message):
+            settings(**values)
+    seeds = test_data / "data/instructions/self_instruct/seed_tasks.jsonl"
+    ok = settings(generator="groq", model="llama-3.3-70b-versatile", api_key="k",
+                  prompt="self-instruct-v1", seed_tasks=seeds, budget_usd=1.0)  # fmt: skip
+    assert ok.price is not None and ok.structured_output == "json_object"
