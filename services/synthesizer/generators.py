@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline.messages import ParsedChunk
-from services.synthesizer import reading
+from services.synthesizer import reading, sentences
 from services.synthesizer.core import Triple
 from services.synthesizer.llm import ChatClient, Completion, Message, Usage
 from services.synthesizer.parse import Malformed, Parsed, parse_answer
@@ -43,7 +43,7 @@ class Generator(Protocol):
 
 class ReadingComprehension:
     """LLM-free: tasks mined from the chunk's own sentences (reading.py). Its "prompt" is the
-    miner's code, so the hash recorded on pairs is that of reading.py."""
+    miner's code, so the hash recorded on pairs is that of reading.py and sentences.py."""
 
     provider = "reading-comprehension"
     model = "reading-comprehension"
@@ -53,7 +53,8 @@ class ReadingComprehension:
 
     def __init__(self, max_per_task: int) -> None:
         self.max_per_task = max_per_task
-        self.prompt_hash = hashlib.sha256(Path(reading.__file__).read_bytes()).hexdigest()
+        code = b"".join(Path(str(m.__file__)).read_bytes() for m in (reading, sentences))
+        self.prompt_hash = hashlib.sha256(code).hexdigest()
 
     async def generate(self, chunk: ParsedChunk, budget: Budget) -> Generation:
         triples = reading.mine(

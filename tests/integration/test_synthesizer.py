@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.embedded import Broker
 from pipeline.settings import KafkaSettings
-from services.synthesizer import reading
+from services.synthesizer import reading, sentences
 from tests.support.fake_llm import FakeLLM
 from tests.support.service_rig import REPO_ROOT
 from tests.support.synthesizer_rig import SynthesizerRig, env_for, paper_chunks
@@ -78,7 +78,8 @@ def test_reading_comprehension_pairs_from_the_real_papers(
     tasks = Counter(p.task for p in pairs)
     print("reading-comprehension pairs by task:", dict(tasks))
     assert len(tasks) >= 6 and min(tasks.values()) >= 10
-    digest = hashlib.sha256(Path(reading.__file__).read_bytes()).hexdigest()
+    code = b"".join(Path(m.__file__).read_bytes() for m in (reading, sentences))
+    digest = hashlib.sha256(code).hexdigest()
     for pair in pairs:
         source = by_id[pair.chunk_id]
         assert pair.output in f"{source.source.title}\n{source.section}\n{source.text}"
