@@ -76,7 +76,9 @@ def test_parse_duration(text: str | None, seconds: float | None) -> None:
 def test_retry_after_prefers_milliseconds_then_seconds_then_resets() -> None:
     assert retry_after({"retry-after-ms": "250", "retry-after": "1"}) == 0.25
     assert retry_after({"retry-after": "2"}) == 2.0
-    assert retry_after({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "7.5s"}) == 7.5
+    assert (
+        retry_after({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "7.5s"}) == 7.5
+    )
     assert retry_after({"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}) is None
     assert retry_after({}) is None
 
