@@ -309,3 +309,19 @@ def test_down_stops_supervisor_and_broker_then_status_fails(tmp_path):
     assert "Traceback" not in status.stderr
     again = cli(tmp_path, "down")
     assert (again.returncode, again.stdout.strip()) == (0, "nothing running")
+
+
+def test_read_all_reads_every_partition(kafka: KafkaSettings, make_topic) -> None:  # noqa: ANN001
+    """What the demo reads back (pairs over many partitions), all of it."""
+    from pipeline.cli import _read_all
+
+    topic = make_topic("many", partitions=12)
+    producer = bus.producer(kafka)
+    for i in range(600):
+        producer.send(topic, key=f"k{i % 37}".encode(), value=b"v%d" % i)
+        if i % 50 == 0:
+            producer.flush()  # many batches per partition, as a service produces them
+    producer.flush()
+    producer.close()
+    values = sorted(r.value for r in _read_all(kafka, topic))
+    assert values == sorted(b"v%d" % i for i in range(600))
