@@ -78,7 +78,8 @@ def grounding(output: str, source: str) -> float:
 class Quality:
     """The filters between a generator and the pairs topic, in order: length bounds,
     grounding in the source (for grounded generators), exact duplicates (by pair id, among
-    the last `remember` pairs this replica kept; the trainer's store is idempotent anyway)."""
+    the last `remember` pairs this replica published, `kept()`; the trainer's store is
+    idempotent anyway)."""
 
     def __init__(self, limits: Limits, grounding_min: float, remember: int = 1_000_000) -> None:
         self.limits = limits
@@ -99,7 +100,11 @@ class Quality:
         if pair_id in self._seen:
             self._seen.move_to_end(pair_id)
             return "duplicate"
+        return None
+
+    def kept(self, pair_id: str) -> None:
+        """Recorded once published, not when checked: a chunk retried after a later step
+        failed must not find its own pairs "duplicate"."""
         self._seen[pair_id] = None
         if len(self._seen) > self.remember:
             self._seen.popitem(last=False)
-        return None

@@ -4,10 +4,12 @@ Self-Instruct bootstrapping lives in selfinstruct.py."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from pipeline.messages import ParsedChunk
 from services.synthesizer import reading, sentences
@@ -16,6 +18,20 @@ from services.synthesizer.llm import ChatClient, Completion, Message, Usage
 from services.synthesizer.parse import Malformed, Parsed, parse_answer
 from services.synthesizer.prompts import Prompt
 from services.synthesizer.ratelimit import Budget
+
+T = TypeVar("T")
+
+
+async def all_or_none(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run concurrently; at the first failure cancel the others (they would go on spending
+    for a chunk that is retried or dead-lettered) and raise that failure itself, not an
+    ExceptionGroup: the worker loop routes errors by their type."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coros]
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [t.result() for t in tasks]
 
 
 @dataclass

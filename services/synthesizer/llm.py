@@ -140,25 +140,23 @@ class ChatClient:
         elif schema is not None and self.structured == "json_object":
             request["response_format"] = {"type": "json_object"}
         try:
-            body = await self._send(request, estimate + max_tokens)
+            answer = await self._send(request, estimate + max_tokens)
         except BaseException:
             budget.settle(held, 0, 0)  # nothing was used: release the reservation
             raise
-        prompt = body.usage.prompt_tokens if body.usage else estimate
-        answer = body.usage.completion_tokens if body.usage else 0
-        self.limiter.settle(estimate + max_tokens, prompt + answer)
-        usage = Usage(prompt, answer, budget.settle(held, prompt, answer))
+        text, finish_reason, prompt, completion = answer
+        # Some compatible servers report no usage: count the answer approximately.
+        prompt = estimate if prompt is None else prompt
+        completion = len(text) // 4 + 1 if completion is None else completion
+        self.limiter.settle(estimate + max_tokens, prompt + completion)
+        usage = Usage(prompt, completion, budget.settle(held, prompt, completion))
         self.events.used(usage)
-        choice = body.choices[0] if body.choices else None
-        return Completion(
-            text=(choice.message.content or "") if choice else "",
-            finish_reason=(choice.finish_reason or "") if choice else "no_choice",
-            usage=usage,
-        )
+        return Completion(text, finish_reason, usage)
 
-    async def _send(self, request: dict[str, Any], tokens: int) -> Any:
-        """One request, retried here on 429 (the whole process pauses as told) and on 5xx and
-        connection failures (backoff with full jitter); then Retryable, for the worker loop."""
+    async def _send(self, request: dict[str, Any], tokens: int) -> _Answer:
+        """One request, retried here on 429 (the whole process pauses as told) and on 5xx,
+        connection failures and answers that are not completions (backoff with full jitter);
+        then Retryable, for the worker loop."""
         for attempt in range(1, self.attempts + 1):
             await self.limiter.acquire(tokens)
             start = time.perf_counter()
@@ -167,22 +165,29 @@ class ChatClient:
                 body = raw.parse()
                 if inspect.isawaitable(body):  # groq's raw response parses asynchronously
                     body = await body
+                answer = _answer(body)
             except _RATE_LIMITED as exc:
-                self.limiter.pause(retry_after(exc.response.headers) or self._backoff(attempt))
                 self.events.request("rate_limited", time.perf_counter() - start)
+                if _code(exc) == "insufficient_quota":  # billing, not rate: pausing won't help
+                    raise Retryable(f"out of quota: {exc}", reason="provider_refused") from exc
+                self.limiter.pause(retry_after(exc.response.headers) or self._backoff(attempt))
                 error: Exception = exc
                 continue
             except _STATUS as exc:
                 self.events.request(f"http_{exc.status_code}", time.perf_counter() - start)
+                if (failed := _failed_generation(exc)) is not None:
+                    # Groq's JSON mode refuses the model's own invalid JSON with a 400 that
+                    # carries it: give it to the parser and its repair, like any bad answer.
+                    return failed, "json_invalid", None, None
                 _raise_if_permanent(exc)
                 error = exc
-            except (*_TRANSIENT, ValueError) as exc:  # ValueError: a 200 that is not JSON
+            except (*_TRANSIENT, ValueError) as exc:  # ValueError: not JSON, not a completion
                 self.events.request("bad_response", time.perf_counter() - start)
                 error = exc
             else:
                 self.events.request("ok", time.perf_counter() - start)
                 self.limiter.observe(raw.headers)
-                return body
+                return answer
             await asyncio.sleep(self._backoff(attempt))
         raise Retryable(
             f"{self.attempts} attempts failed, last: {error}", reason=_reason(error)
@@ -190,6 +195,42 @@ class ChatClient:
 
     def _backoff(self, attempt: int) -> float:
         return random.uniform(0, min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)))  # noqa: S311 - jitter
+
+
+#: An answer's text, finish reason, and prompt and completion tokens when the server says.
+_Answer = tuple[str, str, int | None, int | None]
+
+
+def _answer(body: Any) -> _Answer:
+    """What a parsed body holds, or ValueError when it is not a chat completion (an HTML page
+    from a proxy, {"error": ...} with a 200, a completion without choices)."""
+    choices = getattr(body, "choices", None) or [None]
+    message = getattr(choices[0], "message", None)
+    if message is None:
+        raise ValueError(f"a 200 that is not a chat completion: {str(body)[:200]!r}")
+    usage = getattr(body, "usage", None)
+    return (
+        message.content or "",
+        choices[0].finish_reason or "",
+        usage.prompt_tokens if usage else None,
+        usage.completion_tokens if usage else None,
+    )
+
+
+def _code(exc: openai.APIStatusError | groq.APIStatusError) -> str | None:
+    """The error body's code (openai's `body` is the inner object, groq's the whole one)."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    inner = body.get("error", body)
+    return inner.get("code") if isinstance(inner, dict) else None
+
+
+def _failed_generation(exc: openai.APIStatusError | groq.APIStatusError) -> str | None:
+    if exc.status_code != 400 or _code(exc) != "json_validate_failed":
+        return None
+    body = exc.body if isinstance(exc.body, dict) else {}
+    inner = body.get("error", body)
+    failed = inner.get("failed_generation") if isinstance(inner, dict) else None
+    return failed if isinstance(failed, str) else ""
 
 
 def _raise_if_permanent(exc: openai.APIStatusError | groq.APIStatusError) -> None:

@@ -20,7 +20,12 @@ from pipeline.settings import load
 from pipeline.worker import run_service
 from services.synthesizer.config import SynthesizerSettings
 from services.synthesizer.core import Quality, Triple
-from services.synthesizer.generators import Generator, Prompted, ReadingComprehension
+from services.synthesizer.generators import (
+    Generator,
+    Prompted,
+    ReadingComprehension,
+    all_or_none,
+)
 from services.synthesizer.judge import Judge
 from services.synthesizer.llm import ChatClient, ConfigError, sdk
 from services.synthesizer.metrics import SynthesizerMetrics
@@ -67,6 +72,7 @@ def make_handler(
             metrics.rejected(reason)
         pairs = []
         for pair_id, triple in kept:
+            quality.kept(pair_id)
             metrics.pair(triple.task)
             pairs.append(
                 Pair(
@@ -90,20 +96,21 @@ def make_handler(
     ) -> list[tuple[str, Triple]]:
         """The cheap filters first, then the judge on what is left."""
         source = _source(chunk) if generator.grounded else None
-        kept = []
+        kept: dict[str, Triple] = {}
         for triple in triples:
             pair_id = pair_id_of(triple.instruction, triple.input, triple.output)
-            if problem := quality.problem(triple, pair_id, source):
-                metrics.rejected(problem)
+            problem = quality.problem(triple, pair_id, source)
+            if problem or pair_id in kept:
+                metrics.rejected(problem or "duplicate")
             else:
-                kept.append((pair_id, triple))
+                kept[pair_id] = triple
         if judge is None or not kept:
-            return kept
-        verdicts = await asyncio.gather(*(judge.problem(t, _source(chunk), spend) for _, t in kept))
+            return list(kept.items())
+        verdicts = await all_or_none(judge.problem(t, _source(chunk), spend) for t in kept.values())
         for problem in verdicts:
             if problem:
                 metrics.rejected(problem)
-        return [k for k, problem in zip(kept, verdicts, strict=True) if problem is None]
+        return [k for k, problem in zip(kept.items(), verdicts, strict=True) if problem is None]
 
     return handle
 

@@ -55,7 +55,12 @@ def parse_answer(text: str | None) -> Parsed:
         raise Malformed("the answer is empty", reason="empty")
     body = _unfence(text)
     if _looks_like_json(body):
-        return _from_json(body)
+        try:
+            return _from_json(body)
+        except Malformed:
+            if body[0] in "{[":
+                raise
+            # Prose with a bracket in it ("the [CLS] token", "{a, b}"): the text family.
     return _from_text(body)
 
 
@@ -231,6 +236,8 @@ def _add(triples: list[tuple[str, str, str]], dropped: list[str], fields: dict[s
 
 
 def _clean(text: str) -> str:
+    # JSON may carry lone surrogates ("\ud83d") that no UTF-8 message could hold.
+    text = text.encode("utf-8", "replace").decode("utf-8")
     text = text.strip().strip("*_").strip()
     # A value the model quoted as a whole: "\"What is LoRA?\"".
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":

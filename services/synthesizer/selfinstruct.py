@@ -22,7 +22,7 @@ from rouge_score import rouge_scorer
 
 from pipeline.messages import ParsedChunk
 from services.synthesizer.core import Triple
-from services.synthesizer.generators import Generation
+from services.synthesizer.generators import Generation, all_or_none
 from services.synthesizer.llm import ChatClient, Completion, Message, Usage
 from services.synthesizer.prompts import Prompt
 from services.synthesizer.ratelimit import Budget
@@ -59,6 +59,10 @@ def load_seed_tasks(path: Path) -> list[SeedTask]:
             raise ValueError(f"{path}:{n}: not a seed task ({exc})") from None
     if len(tasks) < IN_CONTEXT:
         raise ValueError(f"{path}: {len(tasks)} seed tasks, Self-Instruct needs {IN_CONTEXT}+")
+    for kind, flag in (("classification", True), ("other", False)):
+        # Instance prompts show two seed examples of the task's kind.
+        if sum(t.is_classification == flag for t in tasks) < 2:
+            raise ValueError(f"{path}: Self-Instruct needs 2+ {kind} seed tasks")
     return tasks
 
 
@@ -180,14 +184,13 @@ class SelfInstruct:
         generation = Generation(usage=answer.usage)
         new = []
         for instruction in parse_instructions(answer.text)[:IN_CONTEXT]:
-            problem = instruction_problem(instruction) or self._similar(instruction)
+            problem = instruction_problem(instruction) or await self._similar(instruction)
             if problem:
                 generation.rejected.append(problem)
             else:
                 self.machine.append(instruction)
                 new.append(instruction)
-        results = await asyncio.gather(*(self._instances(i, rng, budget) for i in new))
-        for triples, usage in results:
+        for triples, usage in await all_or_none(self._instances(i, rng, budget) for i in new):
             generation.usage += usage
             if triples:
                 generation.triples += triples
@@ -203,9 +206,13 @@ class SelfInstruct:
         lines = [f"Task {i}: {text}" for i, text in enumerate(chosen, 1)]
         return "\n".join([*lines, f"Task {len(chosen) + 1}:"])
 
-    def _similar(self, instruction: str) -> str | None:
+    async def _similar(self, instruction: str) -> str | None:
         pool = [s.instruction for s in self.seeds] + self.machine
-        best = max(self._scorer.score(instruction, other)["rougeL"].fmeasure for other in pool)
+        # Pure-Python ROUGE-L against a pool that grows by up to 8 a chunk: off the event
+        # loop, so the other chunks' requests go on meanwhile.
+        best = await asyncio.to_thread(
+            lambda: max(self._scorer.score(instruction, other)["rougeL"].fmeasure for other in pool)
+        )
         # The paper keeps an instruction only when its ROUGE-L against every one in the
         # pool is below 0.7 (its code's `> 0.7` differs on exact ties; the text is followed).
         return "similar" if best >= SIMILARITY_MAX else None

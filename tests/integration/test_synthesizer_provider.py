@@ -367,3 +367,25 @@ def test_self_instruct_bootstraps_from_the_seed_tasks(test_data: Path) -> None:
         assert len(listed) == 8 and ask.rstrip().endswith("Task 9:")
         assert sum(t in human for t in listed) == (8 if n == 0 else 6)
     assert generations[2].triples and all(g.usage.prompt_tokens > 0 for g in generations)
+
+
+def test_what_is_not_a_completion_and_groqs_refused_json() -> None:
+    import groq
+    import httpx
+
+    from services.synthesizer.llm import _answer, _failed_generation
+
+    for body in ("<html>502 Bad Gateway</html>", {"error": {"message": "x"}}, None):
+        with pytest.raises(ValueError, match="not a chat completion"):
+            _answer(body)
+    request = httpx.Request("POST", "https://api.groq.com/openai/v1/chat/completions")
+    refused = groq.BadRequestError(
+        "json_validate_failed",
+        response=httpx.Response(400, request=request),
+        body={"error": {"code": "json_validate_failed", "failed_generation": '{"triples": [{'}},
+    )
+    assert _failed_generation(refused) == '{"triples": [{'
+    other = groq.BadRequestError(
+        "too long", response=httpx.Response(400, request=request), body={"error": {"code": "x"}}
+    )
+    assert _failed_generation(other) is None

@@ -51,13 +51,15 @@ def test_quality_filters_in_order_and_counts_duplicates() -> None:
     good = triple(output="The pretrained model weights.")
     pid = pair_id_of(good.instruction, good.input, good.output)
     assert quality.problem(good, pid, SOURCE) is None
+    assert quality.problem(good, pid, SOURCE) is None  # checked, not yet published
+    quality.kept(pid)
     assert quality.problem(good, pid, SOURCE) == "duplicate"
     made_up = triple(output="It trains every weight in full precision.")
     assert quality.problem(made_up, "x", SOURCE) == "ungrounded"
     assert quality.problem(made_up, "x", None) is None  # not grounded: self-instruct
-    # Only the last `remember` ids are kept.
-    assert quality.problem(triple(output="a b"), "y", None) is None
-    assert quality.problem(triple(output="c d"), "z", None) is None
+    # Only the last `remember` ids are remembered.
+    quality.kept("y")
+    quality.kept("z")
     assert quality.problem(good, pid, SOURCE) is None
 
 
@@ -160,6 +162,13 @@ def test_seed_tasks_load(test_data: Path, tmp_path: Path) -> None:
     bad.write_text('{"instruction": "x"}\n')
     with pytest.raises(ValueError, match="seeds.jsonl:1"):
         load_seed_tasks(bad)
+    no_classification = tmp_path / "plain.jsonl"
+    lines = (test_data / "data/instructions/self_instruct/seed_tasks.jsonl").read_text()
+    no_classification.write_text(
+        "\n".join(line for line in lines.splitlines() if '"is_classification": false' in line)
+    )
+    with pytest.raises(ValueError, match="2\\+ classification seed tasks"):
+        load_seed_tasks(no_classification)
 
 
 def test_settings_name_what_is_missing(test_data: Path) -> None:

@@ -174,3 +174,16 @@ def test_none_is_empty() -> None:
     with pytest.raises(Malformed) as info:
         parse_answer(None)
     assert info.value.reason == "empty"
+
+
+def test_prose_with_brackets_is_read_as_the_text_family() -> None:
+    parsed = parse_answer('Instruction: What does the [CLS] token do in "BERT"?\nOutput: It pools.')
+    assert parsed.triples == [('What does the [CLS] token do in "BERT"?', "", "It pools.")]
+    braces = parse_answer('Question: Is {a, b} a "set"?\nAnswer: Yes, of two elements.')
+    assert braces.triples == [('Is {a, b} a "set"?', "", "Yes, of two elements.")]
+
+
+def test_lone_surrogates_are_replaced_not_carried() -> None:
+    parsed = parse_answer('{"triples": [{"instruction": "Say \\ud83d hi", "output": "ok"}]}')
+    instruction = parsed.triples[0][0]
+    assert instruction == "Say ? hi" and instruction.encode("utf-8")
