@@ -22,7 +22,7 @@ from rouge_score import rouge_scorer
 
 from pipeline.messages import ParsedChunk
 from services.synthesizer.core import Triple
-from services.synthesizer.generators import Generation, all_or_none
+from services.synthesizer.generators import Generation, Prompted, all_or_none
 from services.synthesizer.llm import ChatClient, Completion, Message, Usage
 from services.synthesizer.prompts import Prompt
 from services.synthesizer.ratelimit import Budget
@@ -151,8 +151,9 @@ def _clean_instances(instances: list[tuple[str, str]]) -> list[tuple[str, str]]:
 # --- the generator ----------------------------------------------------------------------------
 
 
-class SelfInstruct:
-    grounded = False
+class SelfInstruct(Prompted):
+    """Prompted by the paper's three prompts instead of one (its prompt file says
+    `grounded: false`)."""
 
     def __init__(
         self,
@@ -164,14 +165,7 @@ class SelfInstruct:
         temperature: float,
         max_tokens: int,
     ) -> None:
-        self.provider = provider
-        self.model = client.model
-        self.client = client
-        self.prompt = prompt
-        self.prompt_id = prompt.id
-        self.prompt_hash = prompt.hash
-        self.temperature = temperature
-        self.max_tokens = max_tokens
+        super().__init__(provider, client, prompt, temperature=temperature, max_tokens=max_tokens)
         self.seeds = seeds
         self.machine: list[str] = []
         self._scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -180,7 +174,9 @@ class SelfInstruct:
     async def generate(self, chunk: ParsedChunk, budget: Budget) -> Generation:
         # Seeded by the chunk: the same pool and chunk give the same in-context tasks.
         rng = random.Random(chunk.chunk_id)  # noqa: S311 - sampling, not secrets
-        answer = await self._ask(self.prompt.render("instructions", tasks=self._tasks(rng)), budget)
+        answer = await self._ask_one(
+            self.prompt.render("instructions", tasks=self._tasks(rng)), budget
+        )
         generation = Generation(usage=answer.usage)
         new = []
         for instruction in parse_instructions(answer.text)[:IN_CONTEXT]:
@@ -220,7 +216,7 @@ class SelfInstruct:
     async def _instances(
         self, instruction: str, rng: random.Random, budget: Budget
     ) -> tuple[list[Triple], Usage]:
-        verdict = await self._ask(
+        verdict = await self._ask_one(
             self.prompt.render(
                 "classify", examples=self._classify_examples, instruction=instruction
             ),
@@ -229,7 +225,7 @@ class SelfInstruct:
         classification = verdict.text.strip().lower().startswith("yes")
         template = "output_first" if classification else "input_first"
         examples = _instance_examples(self.seeds, classification, rng)
-        answer = await self._ask(
+        answer = await self._ask_one(
             self.prompt.render(template, examples=examples, instruction=instruction), budget
         )
         task = "classification" if classification else "generation"
@@ -237,7 +233,7 @@ class SelfInstruct:
         triples = [Triple(instruction, given, output, task) for given, output in pairs]
         return triples, verdict.usage + answer.usage
 
-    async def _ask(self, content: str, budget: Budget) -> Completion:
+    async def _ask_one(self, content: str, budget: Budget) -> Completion:
         messages: list[Message] = [
             {"role": "system", "content": self.prompt.system},
             {"role": "user", "content": content},
