@@ -87,7 +87,8 @@ def test_reading_comprehension_pairs_from_the_real_papers(
         assert pair.generator.provider == "reading-comprehension"
         assert pair.generator.prompt_hash == digest and pair.generator.terms == "none"
         assert pair.license == "arXiv" and pair.doc_id == source.doc_id
-    assert len({p.chunk_id for p in pairs}) > 0.8 * len(chunks)
+    # Tables, author lists and transcripts give none (the miner refuses what is not prose).
+    assert len({p.chunk_id for p in pairs}) > 0.65 * len(chunks)
 
 
 def test_a_spent_budget_dead_letters_the_rest_of_the_run(
