@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry
 
 from pipeline import terms
+from pipeline.errors import PipelineError
 from pipeline.messages import GeneratorInfo, Pair, ParsedChunk, pair_id_of
 from pipeline.settings import load
 from pipeline.worker import run_service
@@ -65,8 +66,8 @@ def make_handler(
         try:
             generation = await generator.generate(chunk, spend)
             kept = await _filter(chunk, generation.triples, spend)
-        except Exception as exc:
-            metrics.chunk(getattr(exc, "reason", "error"))
+        except PipelineError as exc:  # anything else is the worker loop's internal_error
+            metrics.chunk(exc.reason)
             raise
         for reason in generation.rejected:
             metrics.rejected(reason)
@@ -202,8 +203,8 @@ def main() -> None:
     settings = load(SynthesizerSettings)
     _check_provider(settings)
     registry = CollectorRegistry()
-    probe_model = settings.model or "reading-comprehension"
-    metrics = SynthesizerMetrics(settings.service_name, registry, settings.generator, probe_model)
+    model = settings.model or "reading-comprehension"
+    metrics = SynthesizerMetrics(settings.service_name, registry, settings.generator, model)
     generator, judge, limiter = build_generator(settings, metrics)
     if limiter is not None:
         metrics.waiting(lambda: limiter.waited_s)
