@@ -1,0 +1,220 @@
+"""ROUGE-L near-duplicate filtering that decides exactly as Self-Instruct and Alpaca do, fast.
+
+Their rule: a new text is dropped when its ROUGE-L F-measure against any text kept so far is
+above the threshold (rouge-score, default tokenizer, no stemmer; the new text is the target,
+the kept one the prediction), in order. `RougePool` holds the kept texts as integer ids with an
+inverted index over their rarest elements; `kernels.py` does the search. BENCHMARKS.md has the
+figures and why it is built this way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.curation import kernels
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+_FORMAT = "distillery-rouge-pool/1"
+
+
+def tokenize(text: str) -> list[str]:
+    """rouge-score's default tokenizer: `str.lower()`, then the runs of [a-z0-9] (it replaces
+    everything else with spaces, splits and keeps the [a-z0-9]+ tokens: the same list)."""
+    return _TOKEN.findall(text.lower())
+
+
+def fmeasure(lcs: int, m: int, n: int) -> float:
+    """rouge-score's ROUGE-L F for an LCS between a prediction of m tokens and a target of n."""
+    return float(kernels.fmeasure(lcs, m, n))
+
+
+def rouge_l(target: str, prediction: str) -> float:
+    """ROUGE-L F of two texts through the filter's own tokenizer and bit-parallel LCS."""
+    ids: dict[str, int] = {}
+    a = np.array([ids.setdefault(t, len(ids)) for t in tokenize(target)], dtype=np.int32)
+    b = np.array([ids.setdefault(t, len(ids)) for t in tokenize(prediction)], dtype=np.int32)
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    return fmeasure(int(kernels.lcs_pair(a, b, len(ids))), len(b), len(a))
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """One entry per text of a batch, in order."""
+
+    kept: np.ndarray  # bool
+    match: np.ndarray  # int64: pool index of the kept text that matched, -1 when none did
+    score: np.ndarray  # float64: the ROUGE-L F of that match, 0.0 when none
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+
+class RougePool:
+    """Texts kept so far, indexed for ROUGE-L queries at one threshold.
+
+    `add` puts texts in unconditionally (seed tasks), `filter` keeps and adds what matches
+    nothing (F > threshold), `query` only reports matches (F >= threshold by default: the
+    contamination check). Pool indices count texts in the order they entered."""
+
+    def __init__(self, threshold: float = 0.7) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        self.threshold = threshold
+        self._vocab: dict[str, int] = {}
+        # An element is a token's k-th occurrence in a text, so multisets become sets.
+        self._elements: dict[tuple[int, int], int] = {}
+        self._rank = np.zeros(0, dtype=np.int64)
+        self._low = 0  # new elements are ranked before every existing one (rarer: probed first)
+        self._count = 0
+        self._n_post = 0
+        self._seq = np.zeros(0, dtype=np.int32)
+        self._set = np.zeros(0, dtype=np.int32)
+        self._off = np.zeros(1, dtype=np.int64)
+        self._head = np.zeros(0, dtype=np.int64)
+        self._nxt = np.zeros(0, dtype=np.int64)
+        self._post_rec = np.zeros(0, dtype=np.int32)
+        self._post_pos = np.zeros(0, dtype=np.int32)
+        self._seen = np.zeros(0, dtype=np.int64)
+        self._hits = np.zeros(0, dtype=np.int32)
+        self._need = np.zeros(0, dtype=np.int32)
+        self._local = np.zeros(0, dtype=np.int32)
+        self.stats = np.zeros(4, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, texts: Sequence[str]) -> None:
+        self._run(kernels.MODE_ADD, texts, inclusive=False)
+
+    def filter(self, texts: Sequence[str]) -> Decisions:
+        return self._run(kernels.MODE_FILTER, texts, inclusive=False)
+
+    def query(self, texts: Sequence[str], *, inclusive: bool = True) -> Decisions:
+        return self._run(kernels.MODE_QUERY, texts, inclusive=inclusive)
+
+    def _run(self, mode: int, texts: Sequence[str], *, inclusive: bool) -> Decisions:
+        seq, elems, off = self._encode(texts)
+        self._reserve(len(texts), len(seq))
+        n = len(texts)
+        kept = np.zeros(n, dtype=np.bool_)
+        match = np.full(n, -1, dtype=np.int64)
+        score = np.zeros(n, dtype=np.float64)
+        self._count, self._n_post = kernels.run_batch(
+            mode, self.threshold, inclusive, seq, elems, off, self._rank,
+            self._seq, self._set, self._off, self._count,
+            self._head, self._nxt, self._post_rec, self._post_pos, self._n_post,
+            self._seen, self._hits, self._need, self._local,
+            kept, match, score, self.stats,
+        )  # fmt: skip
+        return Decisions(kept, match, score)
+
+    def _encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token ids in text order, element ids sorted by rank, and offsets, for a batch."""
+        vocab, elements = self._vocab, self._elements
+        first_new = len(elements)
+        seq: list[int] = []
+        elems: list[int] = []
+        off = [0]
+        for text in texts:
+            seen: dict[int, int] = {}
+            for token in tokenize(text):
+                tid = vocab.setdefault(token, len(vocab))
+                k = seen.get(tid, 0)
+                seen[tid] = k + 1
+                seq.append(tid)
+                elems.append(elements.setdefault((tid, k), len(elements)))
+            off.append(len(seq))
+        elem_arr = np.array(elems, dtype=np.int32)
+        self._rank_new_elements(elem_arr, first_new)
+        lengths = np.diff(off)
+        owner = np.repeat(np.arange(len(texts)), lengths)
+        order = np.lexsort((self._rank[elem_arr], owner))
+        return np.array(seq, dtype=np.int32), elem_arr[order], np.array(off, dtype=np.int64)
+
+    def _rank_new_elements(self, elems: np.ndarray, first_new: int) -> None:
+        """Rank the elements first met in this batch rarest first, before all older ones.
+        Any fixed total order is correct for prefix filtering; rare-first keeps prefixes and
+        posting lists short. Older elements keep their ranks, so the index stays valid."""
+        n_new = len(self._elements) - first_new
+        if n_new == 0:
+            return
+        df = np.bincount(elems[elems >= first_new] - first_new, minlength=n_new)
+        by_rarity = np.argsort(df, kind="stable")
+        ranks = np.empty(n_new, dtype=np.int64)
+        ranks[by_rarity] = np.arange(self._low - n_new, self._low)
+        self._low -= n_new
+        self._rank = np.concatenate([self._rank, ranks])
+
+    def _reserve(self, texts: int, tokens: int) -> None:
+        """Grow every array so that the batch fits even if all of it is kept."""
+        records = self._count + texts
+        total = int(self._off[self._count]) + tokens
+        self._off = _grown(self._off, records + 1, 0)
+        self._seen = _grown(self._seen, records, 0)
+        self._hits = _grown(self._hits, records, 0)
+        self._need = _grown(self._need, records, 0)
+        self._seq = _grown(self._seq, total, 0)
+        self._set = _grown(self._set, total, 0)
+        postings = self._n_post + tokens
+        self._nxt = _grown(self._nxt, postings, 0)
+        self._post_rec = _grown(self._post_rec, postings, 0)
+        self._post_pos = _grown(self._post_pos, postings, 0)
+        self._head = _grown(self._head, len(self._elements), -1)
+        self._local = _grown(self._local, len(self._vocab), -1)
+
+    def save(self, path: Path) -> None:
+        """Write the pool (texts as ids, vocabulary, ranks) to one .npz file; the index is
+        rebuilt on load, in linear time."""
+        keys = np.array(list(self._elements), dtype=np.int64).reshape(-1, 2)
+        end = int(self._off[self._count])
+        meta = {"format": _FORMAT, "threshold": self.threshold, "low": self._low}
+        with path.open("wb") as f:
+            np.savez_compressed(
+                f,
+                meta=np.array(json.dumps(meta)),
+                vocab=np.array(list(self._vocab), dtype=np.str_),
+                element_keys=keys,
+                rank=self._rank,
+                seq=self._seq[:end],
+                set=self._set[:end],
+                off=self._off[: self._count + 1],
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> RougePool:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("format") != _FORMAT:
+                raise ValueError(f"{path}: not a ROUGE pool file ({meta.get('format')!r})")
+            pool = cls(meta["threshold"])
+            pool._vocab = {str(t): i for i, t in enumerate(data["vocab"])}
+            pool._elements = {(int(t), int(k)): i for i, (t, k) in enumerate(data["element_keys"])}
+            pool._rank = data["rank"]
+            pool._low = int(meta["low"])
+            seq, elems, off = data["seq"], data["set"], data["off"]
+        n = len(off) - 1
+        pool._reserve(n, len(seq))
+        pool._count, pool._n_post = kernels.run_batch(
+            kernels.MODE_ADD, pool.threshold, False, seq, elems, off, pool._rank,
+            pool._seq, pool._set, pool._off, 0,
+            pool._head, pool._nxt, pool._post_rec, pool._post_pos, 0,
+            pool._seen, pool._hits, pool._need, pool._local,
+            np.zeros(n, np.bool_), np.zeros(n, np.int64), np.zeros(n), pool.stats,
+        )  # fmt: skip
+        return pool
+
+
+def _grown(array: np.ndarray, size: int, fill: int) -> np.ndarray:
+    """`array` with room for `size` items: doubled when short, the new part set to `fill`."""
+    if len(array) >= size:
+        return array
+    bigger = np.full(max(size, 2 * len(array)), fill, dtype=array.dtype)
+    bigger[: len(array)] = array
+    return bigger
