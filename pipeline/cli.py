@@ -13,13 +13,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from rich.table import Table
 from rich.text import Text
 
 from pipeline import bus, topics
-from pipeline.cli_common import DEFAULT_HOME, HomeOption, console, fail, kafka_settings
+from pipeline.cli_common import (
+    DEFAULT_HOME,
+    HomeOption,
+    console,
+    fail,
+    kafka_settings,
+    read_all,
+)
+from pipeline.cli_curate import curate
 from pipeline.cli_scrape import scrape, submit
 from pipeline.embedded import (
     SERVICES,
@@ -34,6 +41,7 @@ from pipeline.settings import KafkaSettings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(scrape, name="scrape")
+app.command()(curate)
 
 
 def _parse_replicas(values: list[str]) -> dict[str, int]:
@@ -259,7 +267,7 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
             console.print(f"[bold]2. extract[/bold] {topics.RAW_DOCS} → {topics.PARSED_TEXT}")
             settings = kafka_settings(home.resolve())
             _drain(settings, "extractor", topics.RAW_DOCS, timeout_s=600)
-            for dead in _read_all(settings, topics.dlq(topics.RAW_DOCS)):
+            for dead in read_all(settings, topics.dlq(topics.RAW_DOCS)):
                 record = decode(DlqRecord, dead.value)
                 doc = decode(RawDoc, record.original_value())
                 name = doc.source.url.rsplit("/", 1)[-1]
@@ -271,7 +279,7 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
             )
             settings = kafka_settings(home.resolve())
             _drain(settings, "synthesizer", topics.PARSED_TEXT, timeout_s=600)
-            pairs = [decode(Pair, r.value) for r in _read_all(settings, topics.PAIRS)]
+            pairs = [decode(Pair, r.value) for r in read_all(settings, topics.PAIRS)]
             tasks = Counter(p.task for p in pairs)
             console.print(
                 f"  {len(pairs)} pairs: " + ", ".join(f"{t} {n}" for t, n in tasks.most_common())
@@ -323,35 +331,6 @@ def _drain(settings: KafkaSettings, group: str, topic: str, timeout_s: float) ->
                 )
             time.sleep(0.5)
     console.print(f"{group}: all {total} messages of {topic} handled")
-
-
-def _read_all(settings: KafkaSettings, topic: str) -> list[ConsumerRecord]:
-    """Every record a topic holds now."""
-    # Ends from a client of their own: one that goes on to read the partitions it probed
-    # gets nothing from most of them on the embedded broker (its fetch session, it seems).
-    probe = bus.consumer(settings, group_id=None)
-    try:
-        ends = {
-            tp: end
-            for tp, end in bus.end_offsets(probe, bus.partitions_of(probe, topic)).items()
-            if end
-        }
-    finally:
-        probe.close()
-    reader = bus.consumer(settings, group_id=None)
-    try:
-        reader.assign(list(ends))
-        reader.seek_to_beginning()
-        records: list[ConsumerRecord] = []
-        deadline = time.monotonic() + 30
-        while any(reader.position(tp) < end for tp, end in ends.items()):
-            if time.monotonic() > deadline:
-                raise fail(f"could not read {topic} to its end in 30s")
-            for batch in reader.poll(timeout_ms=200).values():
-                records += batch
-        return records
-    finally:
-        reader.close()
 
 
 def _demo_corpus() -> Path:

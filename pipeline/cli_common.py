@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from kafka.consumer.fetcher import ConsumerRecord
 from rich.console import Console
 
+from pipeline import bus
 from pipeline.embedded import StackState, pid_alive
 from pipeline.settings import KafkaSettings
 
@@ -39,3 +42,32 @@ def kafka_settings(home: Path) -> KafkaSettings:
             )
         bootstrap = state.bootstrap
     return KafkaSettings(bootstrap_servers=bootstrap)
+
+
+def read_all(settings: KafkaSettings, topic: str) -> list[ConsumerRecord]:
+    """Every record a topic holds now."""
+    # Ends from a client of their own: one that goes on to read the partitions it probed
+    # gets nothing from most of them on the embedded broker (its fetch session, it seems).
+    probe = bus.consumer(settings, group_id=None)
+    try:
+        ends = {
+            tp: end
+            for tp, end in bus.end_offsets(probe, bus.partitions_of(probe, topic)).items()
+            if end
+        }
+    finally:
+        probe.close()
+    reader = bus.consumer(settings, group_id=None)
+    try:
+        reader.assign(list(ends))
+        reader.seek_to_beginning()
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + 30
+        while any(reader.position(tp) < end for tp, end in ends.items()):
+            if time.monotonic() > deadline:
+                raise fail(f"could not read {topic} to its end in 30s")
+            for batch in reader.poll(timeout_ms=200).values():
+                records += batch
+        return records
+    finally:
+        reader.close()

@@ -267,6 +267,8 @@ class Pair(Message):
     generator: GeneratorInfo
     license: str | None = None
     run_id: NonEmpty
+    #: The document's source (title, url, kind), for the dataset card; absent from older pairs.
+    source: SourceInfo | None = None
 
     @model_validator(mode="after")
     def _check_id(self) -> Pair:

@@ -57,7 +57,7 @@ DEFAULT_RULES = (
     Rule(("reading-comprehension",), NO_MODEL),
     Rule(("*llama3-*", "*llama-3-*", "*meta-llama-3-*", "*llama3:*"), LLAMA3),
     Rule(("*llama-3.[1-9]*", "*llama3.[1-9]*", "*llama-4*", "*llama4*"), LLAMA31),
-    Rule(("gpt-*", "o1*", "o3*", "o4*", "chatgpt-*"), OPENAI),
+    Rule(("gpt-*", "o1*", "o3*", "o4*", "chatgpt-*", "text-davinci-*"), OPENAI),
 )
 
 

@@ -87,6 +87,7 @@ def make_handler(
                     generator=info,
                     license=chunk.source.license,
                     run_id=chunk.run_id,
+                    source=chunk.source,
                 )
             )
         metrics.chunk("repaired" if generation.repaired else "ok" if pairs else "no_pairs")

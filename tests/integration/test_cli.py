@@ -313,7 +313,7 @@ def test_down_stops_supervisor_and_broker_then_status_fails(tmp_path):
 
 def test_read_all_reads_every_partition(kafka: KafkaSettings, make_topic) -> None:  # noqa: ANN001
     """What the demo reads back (pairs over many partitions), all of it."""
-    from pipeline.cli import _read_all
+    from pipeline.cli_common import read_all
 
     topic = make_topic("many", partitions=12)
     producer = bus.producer(kafka)
@@ -323,5 +323,5 @@ def test_read_all_reads_every_partition(kafka: KafkaSettings, make_topic) -> Non
             producer.flush()  # many batches per partition, as a service produces them
     producer.flush()
     producer.close()
-    values = sorted(r.value for r in _read_all(kafka, topic))
+    values = sorted(r.value for r in read_all(kafka, topic))
     assert values == sorted(b"v%d" % i for i in range(600))

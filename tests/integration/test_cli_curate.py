@@ -1,0 +1,162 @@
+"""`distillery curate` in subprocesses: Alpaca's data with near-duplicates mixed in, seed
+tasks, incremental runs with a pool file, the `pairs` topic of a real broker, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pipeline import bus, topics
+from pipeline.curation.neardup import RougePool
+from pipeline.messages import encode, normalise
+from pipeline.settings import KafkaSettings
+from tests.support.pairs import make_pair
+from tests.unit.test_curation_rouge import perturbed, reference
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def curate(*args: str, kafka: KafkaSettings | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    if kafka:
+        env["KAFKA_BOOTSTRAP_SERVERS"] = kafka.bootstrap_servers
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "curate", *args],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def alpaca_rows(test_data: Path) -> list[dict[str, str]]:
+    rows = json.loads((test_data / "data/instructions/alpaca/alpaca_data.json").read_text())
+    return [row for row in rows[:400] if row["output"]]  # an empty output is not a pair
+
+
+def manifest(directory: Path) -> dict[str, object]:
+    return json.loads((directory / "manifest.json").read_text())
+
+
+def test_alpaca_with_near_duplicates_decides_as_the_reference(
+    alpaca_rows: list[dict[str, str]], test_data: Path, tmp_path: Path
+) -> None:
+    by_instruction = {row["instruction"]: row for row in alpaca_rows}
+    stream = perturbed([row["instruction"] for row in alpaca_rows], seed=11)
+    rows = [{**by_instruction.get(text, alpaca_rows[0]), "instruction": text} for text in stream]
+    source = tmp_path / "rows.json"
+    source.write_text(json.dumps(rows))
+    seeds = test_data / "data/instructions/alpaca/seed_tasks.jsonl"
+    out = tmp_path / "ds"
+    done = curate(
+        str(source), "--out", str(out), "--fields", "instruction", "--eval-fraction", "0",
+        "--seeds", str(seeds), "--generator", "text-davinci-003", "--license", "CC BY-NC 4.0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    seed_texts = tuple(json.loads(line)["instruction"] for line in seeds.read_text().splitlines())
+    # Exact duplicates go first, by normalised text; the ROUGE-L filter decides the rest.
+    firsts: dict[str, str] = {}
+    for text in stream:
+        firsts.setdefault(normalise(text), text)
+    unique = list(firsts.values())
+    expected = reference(unique, 0.7, seed_texts)
+    info = manifest(out)
+    dropped = info["dropped"]
+    assert info["train_n"] == sum(expected)
+    assert dropped["near_duplicate"] == len(unique) - sum(expected) > 100
+    assert dropped["replayed"] + dropped["exact_duplicate"] == len(stream) - len(unique)
+    assert "text-davinci-003" in (out / "README.md").read_text()
+    assert "generator terms openai" in (out / "README.md").read_text()
+    assert f"{info['train_n']}" in done.stdout and "written to" in done.stdout
+
+
+def test_rows_that_are_not_pairs_are_skipped_and_named(tmp_path: Path) -> None:
+    source = tmp_path / "rows.jsonl"
+    lines = [
+        {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+        {"instruction": "Say nothing.", "input": "", "output": ""},
+        {"instruction": "Count to three.", "output": "1, 2, 3."},
+    ]
+    source.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    done = curate(str(source), "--out", str(tmp_path / "ds"), "--eval-fraction", "0")
+    assert done.returncode == 0, done.stderr
+    assert f"{source}:2: output: String should have at least 1 character" in done.stderr
+    assert manifest(tmp_path / "ds")["skipped_rows"] == 1
+    assert manifest(tmp_path / "ds")["train_n"] == 2
+
+
+def test_a_pool_file_carries_kept_texts_to_the_next_run(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.npz"
+    first = tmp_path / "first.json"
+    first.write_text(json.dumps([{"instruction": "Give three tips for staying healthy.",
+                                  "output": "Sleep, eat, move."}]))  # fmt: skip
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps([
+        {"instruction": "Give three tips for staying healthy!", "output": "Move."},
+        {"instruction": "Name a colour.", "output": "Blue."},
+    ]))  # fmt: skip
+    args = ("--fields", "instruction", "--eval-fraction", "0", "--pool", str(pool))
+    assert curate(str(first), "--out", str(tmp_path / "a"), *args).returncode == 0
+    assert len(RougePool.load(pool)) == 1
+    done = curate(str(second), "--out", str(tmp_path / "b"), *args)
+    assert done.returncode == 0, done.stderr
+    assert manifest(tmp_path / "b")["train_n"] == 1
+    dropped = json.loads((tmp_path / "b" / "dropped.jsonl").read_text())
+    assert dropped["match"] == "pool:0" and dropped["filter"] == "near_duplicate"
+    assert len(RougePool.load(pool)) == 2
+    other = curate(str(second), "--out", str(tmp_path / "c"), "--threshold", "0.5",
+                   "--pool", str(pool))  # fmt: skip
+    assert other.returncode == 1 and "built at threshold 0.7, not 0.5" in other.stderr
+
+
+def test_pairs_are_read_from_the_topic_for_one_run(kafka: KafkaSettings, tmp_path: Path) -> None:
+    bus.ensure_topics(kafka, {topics.PAIRS: 12})
+    run = f"run-{uuid.uuid4().hex[:8]}"
+    pairs = [  # no two alike: "explain" and "and" are all they share (F = 0.5)
+        make_pair(f"Explain {doc}{i}alpha and {doc}{i}beta.", f"Answer {i}.", doc=doc, index=i)
+        for doc in ("lora", "qlora", "flash", "alpaca") for i in range(5)
+    ]  # fmt: skip
+    producer = bus.producer(kafka)
+    for pair in pairs:
+        value = pair.model_copy(update={"run_id": run})
+        producer.send(topics.PAIRS, key=pair.doc_id.encode(), value=encode(value))
+    producer.send(topics.PAIRS, key=b"x", value=encode(make_pair("Another run's pair.")))
+    producer.flush()
+    producer.close()
+    out = tmp_path / "ds"
+    done = curate("--run", run, "--out", str(out), "--eval-fraction", "0.25", kafka=kafka)
+    assert done.returncode == 0, done.stderr
+    info = manifest(out)
+    assert info["train_n"] + info["eval_n"] + sum(info["dropped"].values()) == len(pairs)
+    assert info["eval_n"] > 0 and info["inputs"] == [topics.PAIRS]
+    assert curate("--run", "no-such-run", "--out", str(out), kafka=kafka).returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.json"], "missing.json: no such file"),
+        (["{bad}"], "not valid JSON"),
+        (["{rows}", "--threshold", "1.5"], "threshold: Input should be less than or equal to 1"),
+        (["{rows}", "--format", "parquet"], "--format must be among alpaca, messages, text"),
+        (["{rows}", "--fields", "title"], "fields: Input should be"),
+        (["{empty}"], "no pairs to curate"),
+    ],
+)
+def test_bad_input_is_refused_with_its_reason(tmp_path: Path, args: list[str], message: str):
+    files = {"bad": tmp_path / "bad.json", "rows": tmp_path / "rows.json",
+             "empty": tmp_path / "empty.json"}  # fmt: skip
+    files["bad"].write_text("[{")
+    files["rows"].write_text(json.dumps([{"instruction": "Name a colour.", "output": "Blue."}]))
+    files["empty"].write_text("[]")
+    resolved = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
+    done = curate(*resolved, "--out", str(tmp_path / "ds"))
+    assert done.returncode == 1
+    assert message in " ".join(done.stderr.split()), done.stderr
