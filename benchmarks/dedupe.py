@@ -143,7 +143,7 @@ def main() -> None:
     )
 
     kept_05, half_s, _ = fast(instructions, 0.5)
-    check = instructions[:SIZES[0]]
+    check = instructions[: SIZES[0]]
     differ = sum(a != b for a, b in zip(reference(check, 0.5), fast(check, 0.5)[0], strict=True))
     diffs += differ
     print(f"threshold 0.5: {half_s:.2f} s, dropped {len(instructions) - sum(kept_05)}; "

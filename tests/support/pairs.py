@@ -58,9 +58,16 @@ def paper_pairs(pdfs: Path) -> tuple[Pair, ...]:
             out.append(
                 Pair(
                     pair_id=pair_id_of(triple.instruction, triple.input, triple.output),
-                    chunk_id=chunk.chunk_id, doc_id=chunk.doc_id, instruction=triple.instruction,
-                    input=triple.input, output=triple.output, task=triple.task, generator=info,
-                    license=chunk.source.license, run_id=chunk.run_id, source=chunk.source,
+                    chunk_id=chunk.chunk_id,
+                    doc_id=chunk.doc_id,
+                    instruction=triple.instruction,
+                    input=triple.input,
+                    output=triple.output,
+                    task=triple.task,
+                    generator=info,
+                    license=chunk.source.license,
+                    run_id=chunk.run_id,
+                    source=chunk.source,
                 )  # fmt: skip
             )
     return tuple(out)
