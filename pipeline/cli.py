@@ -289,6 +289,7 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
                 console.print(
                     f"  e.g. [{sample.task}] {sample.instruction} → {sample.output}", soft_wrap=True
                 )
+                _demo_dataset(pairs, home / "dataset")
         table = Table("stage", "topic in", "service", "state")
         for service, topic in zip(SERVICES, topics.PIPELINE, strict=True):
             state = (
@@ -301,12 +302,33 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
         if missing:
             console.print(
                 "[yellow]Honest summary:[/yellow] the documents are scraped, extracted into "
-                f"chunks and made into instruction pairs on {topics.PAIRS}; "
+                f"chunks, made into instruction pairs on {topics.PAIRS} and curated into a "
+                "dataset; "
                 f"{', '.join(missing)} are not built yet, so no adapter, report or gRPC answer "
                 "were produced."
             )
     finally:
         down(home=home)
+
+
+def _demo_dataset(pairs: list[Pair], directory: Path) -> None:
+    """Stage 4 while the trainer is not built: the snapshot it will train on."""
+    from pipeline.curation.dataset import CurationConfig, canonical_order, curate
+    from pipeline.curation.snapshot import write_snapshot
+
+    console.print(
+        "[bold]4. curate[/bold] the pairs into a dataset (duplicates, ROUGE-L near-duplicates, "
+        "split by document, contamination check)"
+    )
+    curated = curate(canonical_order(pairs), CurationConfig())
+    snapshot = write_snapshot(curated, directory, name="Distillery demo dataset")
+    drops = ", ".join(f"{name} {n}" for name, n in curated.drop_counts().items())
+    console.print(
+        f"  {snapshot.id}: {snapshot.train_n} train, {snapshot.eval_n} eval pairs from "
+        f"{len(curated.eval_docs)} held-out documents; dropped: {drops}; card "
+        f"{directory / 'README.md'}",
+        soft_wrap=True,
+    )
 
 
 def _drain(settings: KafkaSettings, group: str, topic: str, timeout_s: float) -> None:

@@ -86,18 +86,19 @@ def _popcount(x: np.uint64) -> int:
 
 
 @nb.njit(cache=True)
-def _build_masks(seq: np.ndarray, local: np.ndarray, masks: np.ndarray, words: int) -> None:
+def _build_masks(seq: np.ndarray, local: np.ndarray) -> np.ndarray:
     """Match masks of one text (Hyyrö's bit-parallel LCS): bit i of masks[local[t]] is set
-    when token t sits at position i. `local` maps token id -> row, -1 elsewhere."""
+    when token t sits at position i. Fills `local` (token id -> row, -1 elsewhere); one row
+    per distinct token, so a long text with a small vocabulary stays small."""
     rows = 0
     for i in range(seq.shape[0]):
-        t = seq[i]
-        if local[t] < 0:
-            local[t] = rows
-            for w in range(words):
-                masks[rows, w] = np.uint64(0)
+        if local[seq[i]] < 0:
+            local[seq[i]] = rows
             rows += 1
-        masks[local[t], i >> 6] |= np.uint64(1) << np.uint64(i & 63)
+    masks = np.zeros((rows, (seq.shape[0] + 63) >> 6), dtype=np.uint64)
+    for i in range(seq.shape[0]):
+        masks[local[seq[i]], i >> 6] |= np.uint64(1) << np.uint64(i & 63)
+    return masks
 
 
 @nb.njit(cache=True)
@@ -146,10 +147,8 @@ def lcs_pair(a: np.ndarray, b: np.ndarray, vocab: int) -> int:
     if a.shape[0] == 0:
         return 0
     local = np.full(vocab, -1, dtype=np.int32)
-    words = (a.shape[0] + 63) >> 6
-    masks = np.empty((max(a.shape[0], 1), words + 1), dtype=np.uint64)
-    v = np.empty(words + 1, dtype=np.uint64)
-    _build_masks(a, local, masks, words)
+    masks = _build_masks(a, local)
+    v = np.empty(masks.shape[1], dtype=np.uint64)
     return lcs_bitparallel(a.shape[0], b, local, masks, v)
 
 
@@ -215,7 +214,7 @@ def run_batch(
     longest = 0
     for i in range(b_off.shape[0] - 1):
         longest = max(longest, b_off[i + 1] - b_off[i])
-    masks = np.empty((max(longest, 1), (longest + 63) // 64 + 1), dtype=np.uint64)
+    masks = np.zeros((0, 0), dtype=np.uint64)
     v = np.empty((longest + 63) // 64 + 1, dtype=np.uint64)
     for x in range(b_off.shape[0] - 1):
         lo = b_off[x]
@@ -261,7 +260,7 @@ def run_batch(
                 if overlap(elems, other_set, rank) < need[r]:
                     continue
                 if not built:
-                    _build_masks(seq, local, masks, (n + 63) >> 6)
+                    masks = _build_masks(seq, local)
                     built = True
                 stats[STAT_LCS] += 1
                 m = p_off[r + 1] - p_off[r]

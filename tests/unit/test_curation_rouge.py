@@ -118,6 +118,24 @@ def test_decisions_equal_the_reference_on_random_streams(stream: list[str], thr:
     assert RougePool(thr).filter(stream).kept.tolist() == reference(stream, thr)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(long_texts, max_size=10), st.sampled_from([0.5, 0.7, 0.9]))
+def test_decisions_on_long_texts(stream: list[str], thr: float) -> None:
+    """Several 64-bit words per text, in the filter's own mask building and probing."""
+    assert RougePool(thr).filter(stream).kept.tolist() == reference(stream, thr)
+
+
+def test_decisions_on_real_outputs(test_data: Path) -> None:
+    """Alpaca's outputs (up to hundreds of tokens) with near-duplicates, on `output`."""
+    with (test_data / "data/instructions/alpaca/alpaca_data.json").open() as f:
+        outputs = [row["output"] for row in json.load(f)[:200] if len(row["output"]) > 300][:25]
+    stream = perturbed(outputs, seed=5)
+    for threshold in (0.5, 0.8):
+        kept = RougePool(threshold).filter(stream).kept
+        assert kept.tolist() == reference(stream, threshold)
+        assert 0 < kept.sum() < len(stream)  # texts of up to 252 tokens, some dropped
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(texts, min_size=1, max_size=12), st.lists(texts, max_size=40))
 def test_decisions_with_seed_tasks_in_the_pool(seeds: list[str], stream: list[str]) -> None:
