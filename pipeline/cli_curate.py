@@ -38,7 +38,7 @@ def curate(
         ),
     ] = None,  # fmt: skip
     out: Annotated[Path, typer.Option(help="Directory to write the dataset to.")] = Path("dataset"),
-    fields: FieldsOption = "instruction+input",
+    fields: FieldsOption = "instruction+input+output",
     threshold: Annotated[
         float, typer.Option(help="Drop a pair whose ROUGE-L F against a kept one is above this.")
     ] = 0.7,

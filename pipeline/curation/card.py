@@ -53,6 +53,10 @@ def render_card(curated: Curated, sha256: str, formats: Sequence[str], name: str
                 "licence and source",
                 "- `dropped.jsonl`: each dropped pair, the filter and the pair it matched",
                 "- `manifest.json`: counts, hash and configuration, for programs",
+                "",
+                "`load_dataset(DIR, FORMAT)` reads the files through the configs above; "
+                "after curating into the same directory again, pass "
+                '`download_mode="force_redownload"` (`datasets` caches a directory by its name).',
             ]
         ),
     ]

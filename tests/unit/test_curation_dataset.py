@@ -182,7 +182,9 @@ def test_every_format_loads_with_datasets(papers: tuple[Pair, ...], tmp_path: Pa
     text = load_dataset("json", data_files=files["text"])["eval"]
     assert text[0]["text"].startswith("question: ") and " answer: " in text[0]["text"]
     # The card's configs let `datasets` find the files from the directory alone.
-    by_card = load_dataset(str(tmp_path / "ds"), "messages")
+    # A cache of its own: `datasets` keys a directory's cache by its name, not its files
+    # (huggingface/datasets#2956), and pytest reuses temporary directory names.
+    by_card = load_dataset(str(tmp_path / "ds"), "messages", cache_dir=str(tmp_path / "hf"))
     assert by_card["eval"].num_rows == snapshot.eval_n
 
 
