@@ -25,28 +25,13 @@ from pathlib import Path
 # Time the compile into an empty cache: numba reads NUMBA_CACHE_DIR when it is imported.
 os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-cache-")
 
-from rouge_score import rouge_scorer  # noqa: E402
-
 from pipeline.curation.neardup import RougePool  # noqa: E402
+from tests.support.rouge_reference import reference  # noqa: E402
 
 DATA = Path(os.environ.get("DISTILLERY_TEST_DATA", "../shared")) / "data" / "instructions"
 SIZES = (2000, 4000)
 SAMPLE = 3000
 REPEATS = 3
-SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-
-
-def reference(texts: list[str], threshold: float) -> list[bool]:
-    pool: list[list[str]] = []
-    kept = []
-    for text in texts:
-        tokens = SCORER._tokenizer.tokenize(text)
-        scores = [rouge_scorer._score_lcs(tokens, other).fmeasure for other in pool]
-        keep = not scores or max(scores) <= threshold
-        kept.append(keep)
-        if keep:
-            pool.append(tokens)
-    return kept
 
 
 def fast(texts: list[str], threshold: float) -> tuple[list[bool], float, RougePool]:

@@ -17,7 +17,7 @@ from pipeline.curation.neardup import RougePool
 from pipeline.messages import encode, normalise
 from pipeline.settings import KafkaSettings
 from tests.support.pairs import make_pair
-from tests.unit.test_curation_rouge import perturbed, reference
+from tests.support.rouge_reference import perturbed, reference
 
 pytestmark = pytest.mark.integration
 

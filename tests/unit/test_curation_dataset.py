@@ -22,10 +22,9 @@ from pipeline.curation.neardup import RougePool
 from pipeline.curation.snapshot import content_hash, write_snapshot
 from pipeline.messages import Pair
 from tests.support.pairs import make_pair, paper_pairs
+from tests.support.rouge_reference import SCORER
 
 pytestmark = pytest.mark.unit
-
-SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
 @pytest.fixture(scope="module")

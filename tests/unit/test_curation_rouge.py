@@ -4,7 +4,6 @@ last bit, and the same keep/drop decisions as Self-Instruct's and Alpaca's loop.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,10 @@ from rouge_score import rouge_scorer
 
 from pipeline.curation import kernels
 from pipeline.curation.neardup import RougePool, fmeasure, rouge_l, tokenize
+from tests.support.rouge_reference import SCORER, perturbed, reference
 
 pytestmark = pytest.mark.unit
 
-SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Few words, so random texts share many tokens and LCS values land near every threshold;
@@ -29,20 +28,6 @@ texts = st.lists(st.tuples(st.sampled_from(WORDS), st.sampled_from(SEPARATORS)),
     lambda parts: "".join(w + s for w, s in parts)
 )
 long_texts = st.lists(st.sampled_from(WORDS[:6]), min_size=60, max_size=200).map(" ".join)
-
-
-def reference(stream: list[str], threshold: float, seeds: tuple[str, ...] = ()) -> list[bool]:
-    """Alpaca's loop (generate_instruction.py), with rouge-score's own tokenizer and LCS."""
-    pool = [SCORER._tokenizer.tokenize(s) for s in seeds]
-    kept = []
-    for text in stream:
-        tokens = SCORER._tokenizer.tokenize(text)
-        scores = [rouge_scorer._score_lcs(tokens, other).fmeasure for other in pool]
-        keep = not scores or max(scores) <= threshold
-        kept.append(keep)
-        if keep:
-            pool.append(tokens)
-    return kept
 
 
 def rouge(target: str, prediction: str) -> float:
@@ -164,33 +149,6 @@ def test_query_reports_every_text_at_or_above_the_threshold(
 def alpaca(test_data: Path) -> list[str]:
     with (test_data / "data/instructions/alpaca/alpaca_data.json").open() as f:
         return [row["instruction"] for row in json.load(f)]
-
-
-def perturbed(texts: list[str], seed: int) -> list[str]:
-    """Near-duplicates: each text with up to two variants (word drop, swap, case, punctuation)."""
-    rng = random.Random(seed)  # noqa: S311 - reproducible variants, no secret
-
-    def vary(text: str) -> str:
-        words = text.split()
-        i = rng.randrange(len(words))
-        match rng.randrange(4):
-            case 0 if len(words) > 2:
-                del words[i]
-            case 1 if len(words) > 2:
-                j = min(i + 1, len(words) - 1)
-                words[i], words[j] = words[j], words[i]
-            case 2:
-                words[i] = words[i].upper()
-            case _:
-                words[i] += rng.choice(",.;!?")
-        return " ".join(words)
-
-    out = []
-    for text in texts:
-        out.append(text)
-        out.extend(vary(text) for _ in range(rng.randrange(3)))
-    rng.shuffle(out)
-    return out
 
 
 @pytest.mark.parametrize("threshold", [0.7, 0.5, 0.35])
