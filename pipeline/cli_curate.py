@@ -6,27 +6,61 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from rich.table import Table
 
 from pipeline import topics
 from pipeline.cli_common import DEFAULT_HOME, HomeOption, console, err, fail, kafka_settings
 from pipeline.cli_common import read_all as read_topic
-from pipeline.messages import GeneratorInfo, Pair, decode, pair_id_of, sha256_hex
+from pipeline.errors import BadInput
+from pipeline.messages import (
+    GeneratorInfo,
+    Pair,
+    Sha256,
+    SourceInfo,
+    decode,
+    pair_id_of,
+    sha256_hex,
+)
 from pipeline.terms import terms_for
 
 if TYPE_CHECKING:
+    from pipeline.curation.dataset import Curated, CurationConfig
     from pipeline.curation.neardup import RougePool
+    from pipeline.curation.snapshot import Snapshot
 
-FieldsOption = Annotated[
-    str,
-    typer.Option(help="What pairs are compared on: instruction, instruction+input, output, "
-                 "or instruction+input+output."),
-]  # fmt: skip
+FIELDS_HELP = "instruction, instruction+input, output or instruction+input+output"
+
+
+class Row(BaseModel):
+    """An Alpaca-style row, the shape of most instruction sets (other keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    instruction: str = Field(min_length=1)
+    input: str = ""
+    output: str = Field(min_length=1)
+    doc_id: Sha256 | None = None
+    task: str = "instruction"
+    license: str | None = None
+
+    @field_validator("instruction", "input", "output")
+    @classmethod
+    def _utf8(cls, text: str) -> str:
+        text.encode("utf-8")  # a lone surrogate (from JSON's "\ud83d") raises a ValueError
+        return text
+
+
+@dataclass
+class Inputs:
+    pairs: list[Pair] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "where: why" per row that is no pair
+    messages_only: bool = True  # every pair came as a pair/1 message
 
 
 def curate(
@@ -38,19 +72,28 @@ def curate(
         ),
     ] = None,  # fmt: skip
     out: Annotated[Path, typer.Option(help="Directory to write the dataset to.")] = Path("dataset"),
-    fields: FieldsOption = "instruction+input+output",
+    fields: Annotated[str, typer.Option(help=f"What pairs are compared on: {FIELDS_HELP}.")] = (
+        "instruction+input+output"
+    ),
     threshold: Annotated[
         float, typer.Option(help="Drop a pair whose ROUGE-L F against a kept one is above this.")
     ] = 0.7,
     eval_fraction: Annotated[
         float, typer.Option(help="Share of documents held out for evaluation.")
     ] = 0.1,
+    contamination_fields: Annotated[
+        str, typer.Option(help=f"What eval pairs are compared to train pairs on: {FIELDS_HELP}.")
+    ] = "instruction+input+output",
     contamination_threshold: Annotated[
         float, typer.Option(help="Drop an eval pair at or above this ROUGE-L F to a train pair.")
     ] = 0.7,
     seeds: Annotated[
-        Path | None, typer.Option(help="Seed tasks (JSONL with `instruction`) put in the pool.")
-    ] = None,
+        Path | None,
+        typer.Option(
+            help="Seed tasks (JSON/JSONL with `instruction`) put in the pool first; "
+            "with --fields instruction."
+        ),
+    ] = None,  # fmt: skip
     pool: Annotated[
         Path | None,
         typer.Option(
@@ -62,153 +105,220 @@ def curate(
         list[str] | None, typer.Option("--format", help="alpaca, messages, text (default: all).")
     ] = None,
     generator: Annotated[
-        str, typer.Option(help="Model that wrote rows that do not say (e.g. text-davinci-003).")
+        str, typer.Option(help="Rows only: the model that wrote them (e.g. text-davinci-003).")
     ] = "unknown",
     license_: Annotated[
-        str | None, typer.Option("--license", help="Licence of rows that do not say.")
+        str | None, typer.Option("--license", help="Rows only: their licence, unless they say.")
     ] = None,
-    run: Annotated[str | None, typer.Option(help="With the topic: only this run's pairs.")] = None,
+    run: Annotated[str | None, typer.Option(help="The topic only: this run's pairs.")] = None,
     home: HomeOption = DEFAULT_HOME,
 ) -> None:
     """Curate pairs into a training set and an evaluation set, with a dataset card."""
     # Imported here: numba comes with the `curation` extra, and only this command needs it.
     try:
-        from pipeline.curation.dataset import CurationConfig, canonical_order
+        from pipeline.curation.dataset import canonical_order
         from pipeline.curation.dataset import curate as run_curation
-        from pipeline.curation.neardup import RougePool
         from pipeline.curation.snapshot import FORMATS, write_snapshot
     except ImportError as exc:
         raise fail(
             f"{exc}: install the curation extra (pip install 'distillery[curation]')"
         ) from None
-
-    try:
-        config = CurationConfig.model_validate(
-            {"fields": fields, "threshold": threshold, "eval_fraction": eval_fraction,
-             "contamination_fields": fields, "contamination_threshold": contamination_threshold}
-        )  # fmt: skip
-    except ValidationError as exc:
-        raise fail(_first_error(exc)) from None
+    config = _config(fields, threshold, eval_fraction, contamination_fields,
+                     contamination_threshold)  # fmt: skip
     chosen = formats or list(FORMATS)
-    if unknown := sorted(set(chosen) - set(FORMATS)):
-        raise fail(f"--format must be among {', '.join(FORMATS)}; got {', '.join(unknown)}")
-
-    if inputs:
-        pairs, skipped = _read_files(inputs, generator, license_)
-    else:
-        pairs, skipped = _read_pairs_topic(home, run), []
-    if not pairs:
+    _check(config, chosen, inputs=inputs, run=run, seeds=seeds, pool=pool, out=out)
+    got = _read_files(inputs, generator, license_) if inputs else _read_pairs_topic(home, run)
+    for line in got.skipped[:5]:
+        err.print(f"[yellow]skipped[/yellow] {line}", soft_wrap=True)
+    if len(got.skipped) > 5:
+        err.print(f"[yellow]skipped[/yellow] {len(got.skipped) - 5} more rows")
+    if not got.pairs:
         raise fail("no pairs to curate" + (f" for run {run}" if run else ""))
     seed_texts = _read_seeds(seeds) if seeds else []
-    if pool and pool.exists():
-        kept_pool = _load_pool(RougePool, pool, threshold)
-        if seed_texts:
-            err.print(f"[yellow]note[/yellow] {pool} already holds its seeds; --seeds ignored")
-    else:
-        kept_pool = RougePool(threshold)
-        kept_pool.add(seed_texts)
+    kept_pool = _open_pool(pool, config, seed_texts) if pool else None
 
     started = time.perf_counter()
-    with console.status(f"curating {len(pairs)} pairs"):
-        ordered = pairs if inputs else canonical_order(pairs)
-        curated = run_curation(ordered, config, pool=kept_pool)
+    with console.status(f"curating {len(got.pairs)} pairs"):
+        ordered = canonical_order(got.pairs) if got.messages_only else got.pairs
+        try:
+            curated = run_curation(
+                ordered, config, seeds=[] if kept_pool else seed_texts, pool=kept_pool
+            )
+        except ValueError as exc:
+            raise fail(str(exc)) from None
         extra: dict[str, Any] = {"inputs": [str(p) for p in inputs] if inputs else [topics.PAIRS]}
-        if skipped:
-            extra["skipped_rows"] = len(skipped)
-        snapshot = write_snapshot(curated, out, formats=chosen, extra=extra)
-    if pool:
+        notes = []
+        if got.skipped:
+            extra["skipped_rows"] = got.skipped
+            notes.append(f"{len(got.skipped)} input rows were not pairs and were skipped "
+                         "(`manifest.json` lists them with the reason).")  # fmt: skip
+        snapshot = write_snapshot(curated, out, formats=chosen, extra=extra, notes=notes)
+    if pool and kept_pool is not None:
         kept_pool.save(pool)
-    for line in skipped[:5]:
-        err.print(f"[yellow]skipped[/yellow] {line}", soft_wrap=True)
-    if len(skipped) > 5:
-        err.print(f"[yellow]skipped[/yellow] {len(skipped) - 5} more rows")
 
+    _report(len(got.pairs), curated, snapshot, time.perf_counter() - started)
+
+
+def _report(read: int, curated: Curated, snapshot: Snapshot, seconds: float) -> None:
     table = Table("step", "pairs")
-    table.add_row("read", str(len(pairs)))
+    table.add_row("read", str(read))
     for name, n in curated.drop_counts().items():
         table.add_row(f"dropped: {name}", str(n))
     table.add_row("train", str(snapshot.train_n))
     table.add_row(f"eval ({len(curated.eval_docs)} documents)", str(snapshot.eval_n))
     console.print(table)
+    if not snapshot.eval_n:
+        err.print("[yellow]note[/yellow] no evaluation pairs: see the card's notes")
     console.print(
-        f"{snapshot.id} written to {out} in {time.perf_counter() - started:.1f}s "
-        f"(sha256 {snapshot.sha256[:16]}…); card: {out / 'README.md'}"
+        f"{snapshot.id} written to {snapshot.directory} in {seconds:.1f}s "
+        f"(sha256 {snapshot.sha256[:16]}…); card: {snapshot.directory / 'README.md'}"
     )
 
 
-def _read_files(
-    paths: list[Path], generator: str, license_: str | None
-) -> tuple[list[Pair], list[str]]:
-    """Pairs from every file in order, and a line per row that is not a pair (empty output...)."""
-    pairs: list[Pair] = []
-    skipped: list[str] = []
+def _check(
+    config: CurationConfig,
+    formats: list[str],
+    *,
+    inputs: list[Path] | None,
+    run: str | None,
+    seeds: Path | None,
+    pool: Path | None,
+    out: Path,
+) -> None:
+    """Refuse what cannot work before reading anything."""
+    from pipeline.curation.snapshot import FORMATS, check_directory
+
+    if unknown := sorted(set(formats) - set(FORMATS)):
+        raise fail(f"--format must be among {', '.join(FORMATS)}; got {', '.join(unknown)}")
+    if seeds and config.fields != "instruction":
+        raise fail("seed tasks are instructions: --seeds needs --fields instruction")
+    if inputs and run:
+        raise fail("--run picks pairs from the topic; files are curated whole")
+    if pool and not pool.parent.is_dir():
+        raise fail(f"{pool.parent}: no such directory for the pool file")
+    try:
+        check_directory(out)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
+def _config(
+    fields: str, threshold: float, fraction: float, contamination: str, contamination_at: float
+) -> CurationConfig:
+    from pipeline.curation.dataset import CurationConfig
+
+    try:
+        return CurationConfig.model_validate(
+            {"fields": fields, "threshold": threshold, "eval_fraction": fraction,
+             "contamination_fields": contamination, "contamination_threshold": contamination_at}
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise fail(_first_error(exc)) from None
+
+
+def _read_files(paths: list[Path], generator: str, license_: str | None) -> Inputs:
+    """Pairs from every file in order, and a line per row that is not a pair."""
+    got = Inputs()
     terms = terms_for(generator)
     info = GeneratorInfo(
         provider="file", model=generator, prompt_id="none", prompt_hash="none",
         temperature=0, terms=terms.id if terms else None,
     )  # fmt: skip
     for path in paths:
+        source = SourceInfo(kind="local", url=path.resolve().as_uri(), title=path.name,
+                            license=license_)  # fmt: skip
         for where, row in _rows(path):
+            is_message = isinstance(row, dict) and row.get("schema") == Pair.SCHEMA
             try:
-                pairs.append(_pair_of(row, info, license_))
-            except (ValidationError, TypeError, AttributeError) as exc:
-                reason = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
-                skipped.append(f"{where}: {reason}")
-    return pairs, skipped
+                if is_message:
+                    pair = decode(Pair, json.dumps(row).encode())
+                else:
+                    pair = _pair_of(Row.model_validate(row), info, source)
+            except BadInput as exc:
+                got.skipped.append(f"{where}: {exc}")
+                continue
+            except ValidationError as exc:
+                got.skipped.append(f"{where}: {_first_error(exc)}")
+                continue
+            got.pairs.append(pair)
+            got.messages_only &= is_message
+    return got
 
 
 def _rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """(where, row) for a JSON list or JSON Lines, whatever the file is called."""
+    if path.is_dir():
+        raise fail(f"{path} is a directory: give the files in it")
     if not path.is_file():
         raise fail(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix == ".jsonl":
-            lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
-            for i, line in lines:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise fail(f"{path}: not UTF-8 text") from None
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise fail(f"{path}: not valid JSON ({exc})") from None
+        yield from ((f"{path}[{i}]", row) for i, row in enumerate(rows))
+        return
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
                 yield f"{path}:{i}", json.loads(line)
-            return
-        rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise fail(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(rows, list):
-        raise fail(f"{path}: expected a JSON list of rows (or a .jsonl file)")
-    for i, row in enumerate(rows):
-        yield f"{path}[{i}]", row
+            except json.JSONDecodeError as exc:
+                raise fail(f"{path}:{i}: not valid JSON ({exc.msg}, column {exc.colno})") from None
 
 
-def _pair_of(row: dict[str, Any], info: GeneratorInfo, license_: str | None) -> Pair:
-    """A pair/1 message as it is, or an Alpaca-style row made into one: each row is its own
-    document unless it names a `doc_id`."""
-    if row.get("schema") == Pair.SCHEMA:
-        return decode(Pair, json.dumps(row).encode())
-    instruction, input_, output = row["instruction"], row.get("input", ""), row["output"]
-    pair_id = pair_id_of(instruction, input_, output)
-    doc_id = row.get("doc_id") or sha256_hex(pair_id.encode())
+def _pair_of(row: Row, info: GeneratorInfo, source: SourceInfo) -> Pair:
+    """A row made a pair: its own document unless it names a `doc_id`, from its file."""
+    pair_id = pair_id_of(row.instruction, row.input, row.output)
+    doc_id = row.doc_id or sha256_hex(pair_id.encode())
+    licence = row.license or source.license
     return Pair(
-        pair_id=pair_id, chunk_id=f"{doc_id}:0", doc_id=doc_id, instruction=instruction,
-        input=input_, output=output, task=row.get("task", "instruction"), generator=info,
-        license=row.get("license", license_), run_id="curate",
+        pair_id=pair_id, chunk_id=f"{doc_id}:0", doc_id=doc_id, instruction=row.instruction,
+        input=row.input, output=row.output, task=row.task, generator=info, license=licence,
+        run_id="curate", source=source.model_copy(update={"license": licence}),
     )  # fmt: skip
 
 
-def _read_pairs_topic(home: Path, run: str | None) -> list[Pair]:
-    records = read_topic(kafka_settings(home.resolve()), topics.PAIRS)
-    pairs = [decode(Pair, r.value) for r in records]
-    return [p for p in pairs if run is None or p.run_id == run]
+def _read_pairs_topic(home: Path, run: str | None) -> Inputs:
+    got = Inputs()
+    for record in read_topic(kafka_settings(home.resolve()), topics.PAIRS):
+        where = f"{topics.PAIRS}[{record.partition}]@{record.offset}"
+        try:
+            pair = decode(Pair, record.value)
+        except BadInput as exc:
+            got.skipped.append(f"{where}: {exc}")
+            continue
+        if run is None or pair.run_id == run:
+            got.pairs.append(pair)
+    return got
 
 
 def _read_seeds(path: Path) -> list[str]:
-    return [str(row["instruction"]) for _, row in _rows(path)]
+    texts = []
+    for where, row in _rows(path):
+        if not (isinstance(row, dict) and isinstance(row.get("instruction"), str)):
+            raise fail(f"{where}: a seed task needs an `instruction`")
+        texts.append(row["instruction"])
+    return texts
 
 
-def _load_pool(kind: type[RougePool], path: Path, threshold: float) -> RougePool:
+def _open_pool(path: Path, config: CurationConfig, seeds: list[str]) -> RougePool:
+    """The pool file's pool, or a new one holding the seeds."""
+    from pipeline.curation.neardup import RougePool
+
+    if not path.exists():
+        pool = RougePool(config.threshold, compares=config.fields)
+        pool.add(seeds, [f"seed:{i}" for i in range(len(seeds))])
+        return pool
+    if seeds:
+        err.print(f"[yellow]note[/yellow] {path} already holds its seeds; --seeds ignored")
     try:
-        pool = kind.load(path)
-    except (ValueError, OSError) as exc:
+        return RougePool.load(path)
+    except (ValueError, OSError, KeyError) as exc:
         raise fail(f"{path}: cannot read the pool ({exc})") from None
-    if pool.threshold != threshold:
-        raise fail(f"{path} was built at threshold {pool.threshold}, not {threshold}")
-    return pool
 
 
 def _first_error(exc: ValidationError) -> str:

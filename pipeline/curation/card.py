@@ -4,30 +4,54 @@ dataset, where it came from, under which terms, and what every filter dropped.""
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 
 import yaml
 
 from pipeline.curation.dataset import FILTERS, Curated
+from pipeline.curation.neardup import tokenize
 from pipeline.messages import Pair
 from pipeline.terms import DEFAULT_RULES
 
 _TERMS = {rule.terms.id: rule.terms for rule in DEFAULT_RULES}
+_CC_URL = re.compile(
+    r"creativecommons\.org/(?:licenses/(?P<kind>[a-z-]+)/(?P<version>\d\.\d)"
+    r"|publicdomain/zero/(?P<zero>\d\.\d))"
+)
+_HUB_ID = re.compile(r"cc-by(?:-nc)?(?:-sa|-nd)?-[1-4]\.0|cc0-1\.0|apache-2\.0|mit|bsd-3-clause")
 MAX_ROWS = 30  # per table: the full lists are in provenance.jsonl
 
 
-def render_card(curated: Curated, sha256: str, formats: Sequence[str], name: str) -> str:
+def render_card(
+    curated: Curated,
+    sha256: str,
+    formats: Sequence[str],
+    splits: Sequence[str],
+    name: str,
+    notes: Sequence[str] = (),
+) -> str:
     pairs = curated.train + curated.eval
     config = curated.config
+    tokenless = sum(not tokenize(config.fields.text(p)) for p in pairs)
+    if tokenless:
+        notes = [*notes, f"{tokenless} pairs have no ROUGE token (rouge-score keeps only "
+                 "[a-z0-9] runs, so non-Latin text is invisible to it): for them only exact "
+                 "duplicates are caught."]  # fmt: skip
+    if not curated.eval:
+        notes = [*notes, "There are no evaluation pairs (one document, a fraction of 0, or "
+                 "every held-out pair contaminated)."]  # fmt: skip
     sections = [
-        "---\n" + yaml.safe_dump(_front_matter(pairs, formats), sort_keys=False) + "---",
+        "---\n" + yaml.safe_dump(_front_matter(pairs, formats, splits), sort_keys=False) + "---",
         f"# {name}",
         f"Content sha256: `{sha256}`",
         f"{len(curated.train)} training pairs and {len(curated.eval)} evaluation pairs from "
-        f"{len({p.doc_id for p in pairs})} documents. The split is by document: the "
-        f"{len(curated.eval_docs)} evaluation documents (a hash of the doc_id below "
-        f"{config.eval_fraction}) give no training pair.",
+        f"{len({p.doc_id for p in pairs})} documents. The split is by document: "
+        f"{len(curated.eval_docs)} documents are held out (those whose salted doc_id hash "
+        f"falls below {config.eval_fraction}, at least one when there are two or more) and "
+        "give no training pair.",
+        *(["## Notes", "\n".join(f"- {note}" for note in notes)] if notes else []),
         "## Filters",
         _table(
             ("filter", "dropped", "rule"),
@@ -63,18 +87,37 @@ def render_card(curated: Curated, sha256: str, formats: Sequence[str], name: str
     return "\n\n".join(sections) + "\n"
 
 
-def _front_matter(pairs: list[Pair], formats: Sequence[str]) -> dict[str, object]:
-    licences = {p.license for p in pairs}
-    single = next(iter(licences)) if len(licences) == 1 else None
+def hub_licence(licence: str | None) -> str | None:
+    """The Hugging Face hub's id for a licence given as a name or a Creative Commons URL."""
+    if licence is None:
+        return None
+    url = _CC_URL.search(licence.lower())
+    if url:
+        return f"cc0-{url['zero']}" if url["zero"] else f"cc-{url['kind']}-{url['version']}"
+    name = "-".join(licence.lower().replace("cc ", "cc-").split())
+    return name if _HUB_ID.fullmatch(name) else None
+
+
+def _front_matter(
+    pairs: list[Pair], formats: Sequence[str], splits: Sequence[str]
+) -> dict[str, object]:
+    given = {p.license for p in pairs}
+    ids = {hub_licence(licence) for licence in given}
+    restricted = {p.generator.terms for p in pairs} - {"none", None}
+    if given == {None}:
+        licence = "unknown"
+    elif len(ids) == 1 and None not in ids and not restricted:
+        licence = str(ids.pop())
+    else:  # several licences, one the hub has no id for, or a generator's terms on top
+        licence = "other"
     return {
-        # The hub's licence ids are lower-case and hyphenated ("cc-by-nc-4.0").
-        "license": "-".join(single.lower().split()) if single and "//" not in single else "other",
+        "license": licence,
         "task_categories": ["text-generation"],
         "configs": [
             {
                 "config_name": fmt,
                 "data_files": [
-                    {"split": split, "path": f"{fmt}/{split}.jsonl"} for split in ("train", "eval")
+                    {"split": split, "path": f"{fmt}/{split}.jsonl"} for split in splits
                 ],
                 **({"default": True} if i == 0 else {}),
             }

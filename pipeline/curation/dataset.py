@@ -14,7 +14,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.curation.neardup import RougePool
-from pipeline.messages import Pair, normalise
+from pipeline.messages import Pair, encode, normalise
 
 
 class Fields(StrEnum):
@@ -49,9 +49,9 @@ class CurationConfig(BaseModel):
 
 
 FILTERS = {
-    "replayed": "the same pair_id delivered more than once (at-least-once delivery)",
+    "replayed": "the same pair from the same chunk delivered again (at-least-once delivery)",
     "exact_duplicate": "the same normalised text (NFKC, case-folded, spaces collapsed) "
-    "as an earlier pair",
+    "as an earlier pair, from another chunk or document",
     "near_duplicate": "ROUGE-L F above the threshold against a pair kept before it "
     "(rouge-score's tokenizer and arithmetic, in order)",
     "contaminated": "an evaluation pair with ROUGE-L F at or above the contamination "
@@ -63,7 +63,7 @@ FILTERS = {
 class Drop:
     pair: Pair
     filter: str  # a key of FILTERS
-    #: The pair_id it repeats or resembles; "seed:N" / "pool:N" for a text that was not a pair.
+    #: The pair_id it repeats or resembles, or "seed:N" for a seed task.
     match: str
     score: float  # ROUGE-L F of the match (1.0 for replays and exact duplicates)
 
@@ -86,9 +86,11 @@ def canonical_order(pairs: Iterable[Pair]) -> list[Pair]:
     then pair id. The ROUGE-L filter decides in order, so a snapshot must not depend on which
     partition was read first."""
 
-    def key(pair: Pair) -> tuple[str, int, str]:
+    def key(pair: Pair) -> tuple[str, int, str, str]:
         index = pair.chunk_id.rpartition(":")[2]
-        return pair.doc_id, int(index) if index.isdigit() else -1, pair.pair_id
+        position = int(index) if index.isascii() and index.isdigit() else -1
+        # The whole message last: the same pair from two runs must not tie.
+        return pair.doc_id, position, pair.pair_id, encode(pair).decode()
 
     return sorted(pairs, key=key)
 
@@ -100,11 +102,15 @@ def curate(
     seeds: Sequence[str] = (),
     pool: RougePool | None = None,
 ) -> Curated:
-    """Filter `pairs` in the order given and split them. `seeds` (seed tasks) join a new ROUGE-L
-    pool first, as in Self-Instruct. Or `pool` carries the texts kept by earlier batches, seeds
-    included (incremental mode), and is updated with this batch's survivors."""
+    """Filter `pairs` in the order given and split them. `seeds` (seed tasks' instructions)
+    join a new ROUGE-L pool first, as in Self-Instruct. Or `pool` carries the texts kept by
+    earlier batches, seeds included (incremental mode), and gains this batch's survivors."""
     if pool is not None and seeds:
         raise ValueError("give seeds or a pool that already holds them, not both")
+    if seeds and config.fields is not Fields.INSTRUCTION:
+        raise ValueError(
+            f"seed tasks are instructions: compare on instruction, not {config.fields}"
+        )
     dropped: list[Drop] = []
     unique = _drop_repeats(pairs, dropped, config.fields)
     survivors = _drop_near_duplicates(unique, dropped, config, seeds, pool)
@@ -116,14 +122,14 @@ def curate(
 
 
 def _drop_repeats(pairs: Sequence[Pair], dropped: list[Drop], fields: Fields) -> list[Pair]:
-    seen_ids: set[str] = set()
+    delivered: set[tuple[str, str]] = set()
     first_by_text: dict[str, str] = {}
     unique = []
     for pair in pairs:
-        if pair.pair_id in seen_ids:
+        if (pair.pair_id, pair.chunk_id) in delivered:
             dropped.append(Drop(pair, "replayed", pair.pair_id, 1.0))
             continue
-        seen_ids.add(pair.pair_id)
+        delivered.add((pair.pair_id, pair.chunk_id))
         text = normalise(fields.text(pair))
         if text in first_by_text:
             dropped.append(Drop(pair, "exact_duplicate", first_by_text[text], 1.0))
@@ -141,32 +147,31 @@ def _drop_near_duplicates(
     pool: RougePool | None,
 ) -> list[Pair]:
     if pool is None:
-        pool = RougePool(config.threshold)
-        pool.add(seeds)
-    elif pool.threshold != config.threshold:
+        pool = RougePool(config.threshold, compares=config.fields)
+        pool.add(seeds, [f"seed:{i}" for i in range(len(seeds))])
+    elif (pool.threshold, pool.compares) != (config.threshold, config.fields):
         raise ValueError(
-            f"the pool was built at threshold {pool.threshold}, the config asks {config.threshold}"
+            f"the pool holds {pool.compares or 'unnamed'} texts at threshold {pool.threshold}; "
+            f"the config compares {config.fields} at {config.threshold}"
         )
-    before = len(pool)
-    decisions = pool.filter([config.fields.text(p) for p in pairs])
-    kept = [p for p, keep in zip(pairs, decisions.kept, strict=True) if keep]
+    decisions = pool.filter([config.fields.text(p) for p in pairs], [p.pair_id for p in pairs])
+    kept = []
     for pair, keep, match, score in zip(
         pairs, decisions.kept, decisions.match, decisions.score, strict=True
     ):
-        if not keep:
-            name = kept[match - before].pair_id if match >= before else _earlier(match, seeds)
-            dropped.append(Drop(pair, "near_duplicate", name, float(score)))
+        if keep:
+            kept.append(pair)
+        else:
+            dropped.append(Drop(pair, "near_duplicate", pool.ids[match], float(score)))
     return kept
-
-
-def _earlier(index: int, seeds: Sequence[str]) -> str:
-    return f"seed:{index}" if index < len(seeds) else f"pool:{index}"
 
 
 def eval_documents(doc_ids: set[str], config: CurationConfig) -> frozenset[str]:
     """The documents held out: those whose salted hash falls below `eval_fraction`, so a
     document keeps its side as the corpus grows. With two documents or more and a fraction
-    above 0, at least one is held out and at least one trains."""
+    above 0, at least one is held out and at least one trains: in a corpus too small for its
+    fraction that moves the document of lowest (or highest) hash, and only that one can
+    change sides when documents are added."""
     if config.eval_fraction == 0 or len(doc_ids) < 2:
         return frozenset()
 

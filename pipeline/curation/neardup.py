@@ -61,12 +61,15 @@ class RougePool:
 
     `add` puts texts in unconditionally (seed tasks), `filter` keeps and adds what matches
     nothing (F > threshold), `query` only reports matches (F >= threshold by default: the
-    contamination check). Pool indices count texts in the order they entered."""
+    contamination check). Pool indices count texts in the order they entered; `ids` names
+    each (a pair id, "seed:3"), and `compares` says what the texts are (which fields)."""
 
-    def __init__(self, threshold: float = 0.7) -> None:
+    def __init__(self, threshold: float = 0.7, *, compares: str = "") -> None:
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         self.threshold = threshold
+        self.compares = compares
+        self.ids: list[str] = []
         self._vocab: dict[str, int] = {}
         # An element is a token's k-th occurrence in a text, so multisets become sets.
         self._elements: dict[tuple[int, int], int] = {}
@@ -90,14 +93,25 @@ class RougePool:
     def __len__(self) -> int:
         return self._count
 
-    def add(self, texts: Sequence[str]) -> None:
+    def add(self, texts: Sequence[str], ids: Sequence[str] | None = None) -> None:
         self._run(kernels.MODE_ADD, texts, inclusive=False)
+        self.ids += self._names(texts, ids)
 
-    def filter(self, texts: Sequence[str]) -> Decisions:
-        return self._run(kernels.MODE_FILTER, texts, inclusive=False)
+    def filter(self, texts: Sequence[str], ids: Sequence[str] | None = None) -> Decisions:
+        names = self._names(texts, ids)
+        decisions = self._run(kernels.MODE_FILTER, texts, inclusive=False)
+        self.ids += [name for name, keep in zip(names, decisions.kept, strict=True) if keep]
+        return decisions
 
     def query(self, texts: Sequence[str], *, inclusive: bool = True) -> Decisions:
         return self._run(kernels.MODE_QUERY, texts, inclusive=inclusive)
+
+    def _names(self, texts: Sequence[str], ids: Sequence[str] | None) -> list[str]:
+        if ids is None:
+            return [f"pool:{len(self.ids) + i}" for i in range(len(texts))]
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
+        return list(ids)
 
     def _run(self, mode: int, texts: Sequence[str], *, inclusive: bool) -> Decisions:
         seq, elems, off = self._encode(texts)
@@ -170,15 +184,20 @@ class RougePool:
         self._local = _grown(self._local, len(self._vocab), -1)
 
     def save(self, path: Path) -> None:
-        """Write the pool (texts as ids, vocabulary, ranks) to one .npz file; the index is
-        rebuilt on load, in linear time."""
+        """Write the pool (texts as token ids, their names, vocabulary, ranks) to one .npz file,
+        atomically; the index is rebuilt on load, in linear time. One writer at a time."""
         keys = np.array(list(self._elements), dtype=np.int64).reshape(-1, 2)
         end = int(self._off[self._count])
-        meta = {"format": _FORMAT, "threshold": self.threshold, "low": self._low}
-        with path.open("wb") as f:
+        meta = {
+            "format": _FORMAT, "threshold": self.threshold, "compares": self.compares,
+            "low": self._low,
+        }  # fmt: skip
+        partial = path.with_name(path.name + ".partial")
+        with partial.open("wb") as f:
             np.savez_compressed(
                 f,
                 meta=np.array(json.dumps(meta)),
+                ids=np.array(self.ids, dtype=np.str_),
                 vocab=np.array(list(self._vocab), dtype=np.str_),
                 element_keys=keys,
                 rank=self._rank,
@@ -186,6 +205,7 @@ class RougePool:
                 set=self._set[:end],
                 off=self._off[: self._count + 1],
             )
+        partial.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> RougePool:
@@ -193,7 +213,8 @@ class RougePool:
             meta = json.loads(str(data["meta"]))
             if meta.get("format") != _FORMAT:
                 raise ValueError(f"{path}: not a ROUGE pool file ({meta.get('format')!r})")
-            pool = cls(meta["threshold"])
+            pool = cls(meta["threshold"], compares=meta["compares"])
+            pool.ids = [str(name) for name in data["ids"]]
             pool._vocab = {str(t): i for i, t in enumerate(data["vocab"])}
             pool._elements = {(int(t), int(k)): i for i, (t, k) in enumerate(data["element_keys"])}
             pool._rank = data["rank"]

@@ -3,15 +3,17 @@ what was dropped and why, a manifest, and a dataset card (README.md) that `datas
 
 Layout: `<format>/train.jsonl` and `<format>/eval.jsonl` for alpaca ({instruction, input,
 output}), messages ({messages: [user, assistant]}, as TRL's SFTTrainer reads it) and text
-({text: "question: ... answer: ..."}); `provenance.jsonl`, `dropped.jsonl`, `manifest.json`.
-Nothing in it depends on the time or the machine, so the same pairs give the same bytes.
+({text: "question: ... answer: ..."}), an empty split left out (`datasets` refuses an empty
+file); `provenance.jsonl`, `dropped.jsonl`, `manifest.json`. Nothing in it depends on the
+time or the machine: the same curated pairs give the same bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+import shutil
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,16 +84,19 @@ def write_snapshot(
     formats: Iterable[str] = tuple(FORMATS),
     name: str = "Distillery dataset",
     extra: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
 ) -> Snapshot:
-    """Write every file; `extra` (run id, sources asked for...) goes into the manifest."""
-    formats = tuple(formats)
+    """Write every file into `directory`, which must be empty, new, or an earlier snapshot
+    (replaced). `extra` (inputs, run id...) goes into the manifest, `notes` into the card."""
+    formats = tuple(dict.fromkeys(formats))
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise ValueError(f"formats must be among {', '.join(FORMATS)}; got {', '.join(unknown)}")
-    directory.mkdir(parents=True, exist_ok=True)
+    _clear(directory)
     split_pairs = {"train": curated.train, "eval": curated.eval}
+    splits = [split for split in SPLITS if split_pairs[split]]
     for fmt in formats:
-        for split in SPLITS:
+        for split in splits:
             _write_jsonl(directory / fmt / f"{split}.jsonl", map(FORMATS[fmt], split_pairs[split]))
     _write_jsonl(
         directory / "provenance.jsonl",
@@ -100,8 +105,9 @@ def write_snapshot(
     _write_jsonl(
         directory / "dropped.jsonl",
         (
-            {"pair_id": d.pair.pair_id, "doc_id": d.pair.doc_id, "filter": d.filter,
-             "match": d.match, "score": d.score, "instruction": d.pair.instruction}
+            {"pair_id": d.pair.pair_id, "doc_id": d.pair.doc_id, "chunk_id": d.pair.chunk_id,
+             "filter": d.filter, "match": d.match, "score": d.score,
+             "instruction": d.pair.instruction}
             for d in curated.dropped
         ),
     )  # fmt: skip
@@ -117,9 +123,38 @@ def write_snapshot(
         "config": curated.config.model_dump(mode="json"),
         **(extra or {}),
     }
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    (directory / "README.md").write_text(render_card(curated, sha, formats, name))
+    (directory / "manifest.json").write_text(
+        json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    card = render_card(curated, sha, formats, splits, name, notes)
+    (directory / "README.md").write_text(card, encoding="utf-8")
     return Snapshot(directory, sha, len(curated.train), len(curated.eval))
+
+
+_OURS = {*FORMATS, "provenance.jsonl", "dropped.jsonl", "manifest.json", "README.md"}
+
+
+def check_directory(directory: Path) -> None:
+    """Raise ValueError unless a snapshot may be written to `directory`: new, empty, or an
+    earlier snapshot (which is replaced); anything else there is not ours to delete."""
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} is a file, not a directory")
+    present = {p.name for p in directory.iterdir()} if directory.exists() else set()
+    if present and ("manifest.json" not in present or present - _OURS):
+        raise ValueError(f"{directory} is not empty and not a dataset written there before")
+
+
+def _clear(directory: Path) -> None:
+    """Create `directory`, or empty it of an earlier snapshot's files: a format written before
+    and not now must not linger."""
+    check_directory(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in {p.name for p in directory.iterdir()}:
+        path = directory / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _provenance(pair: Pair, split: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
+from pipeline.curation.card import hub_licence, render_card
 from pipeline.curation.dataset import (
     FILTERS,
     CurationConfig,
@@ -20,7 +21,7 @@ from pipeline.curation.dataset import (
 )
 from pipeline.curation.neardup import RougePool
 from pipeline.curation.snapshot import content_hash, write_snapshot
-from pipeline.messages import Pair
+from pipeline.messages import GeneratorInfo, Pair
 from tests.support.pairs import make_pair, paper_pairs
 from tests.support.rouge_reference import SCORER
 
@@ -146,7 +147,7 @@ def test_incremental_curation_equals_one_pass(papers: tuple[Pair, ...]) -> None:
     ordered = canonical_order(papers)
     config = CurationConfig(eval_fraction=0)
     whole = curate(ordered, config)
-    pool = RougePool(config.threshold)
+    pool = RougePool(config.threshold, compares=config.fields)
     half = len(ordered) // 2
     first = curate(ordered[:half], config, pool=pool)
     second = curate(ordered[half:], config, pool=pool)
@@ -216,7 +217,7 @@ def test_generator_terms_are_listed_with_what_they_forbid(tmp_path: Path) -> Non
     write_snapshot(curated, tmp_path / "ds", formats=["alpaca"])
     card = (tmp_path / "ds" / "README.md").read_text()
     assert "generator terms llama3: 2 pairs (Meta Llama 3 Community License" in card
-    assert "license: cc-by-4.0" in card
+    assert "license: other" in card  # CC BY 4.0 sources, but Llama 3's terms on top
     assert not (tmp_path / "ds" / "messages").exists()
     with pytest.raises(ValueError, match="formats must be among"):
         write_snapshot(curated, tmp_path / "other", formats=["parquet"])
@@ -240,3 +241,72 @@ def test_bad_configuration_is_refused() -> None:
     pool = RougePool(0.5)
     with pytest.raises(ValueError, match="threshold 0.5"):
         curate([make_pair("x y z")], CurationConfig(), pool=pool)
+
+
+def test_licences_become_hub_ids_when_they_can() -> None:
+    assert hub_licence("CC BY-NC 4.0") == "cc-by-nc-4.0"
+    assert hub_licence("http://creativecommons.org/licenses/by-sa/4.0/") == "cc-by-sa-4.0"
+    assert hub_licence("https://creativecommons.org/publicdomain/zero/1.0/") == "cc0-1.0"
+    assert hub_licence("http://arxiv.org/licenses/nonexclusive-distrib/1.0/") is None
+    mined = GeneratorInfo(
+        provider="reading-comprehension",
+        model="reading-comprehension",
+        prompt_id="rc",
+        prompt_hash="c" * 64,
+        temperature=0,
+        terms="none",
+    )
+    for licence, expected in [("CC BY 4.0", "cc-by-4.0"), ("arXiv", "other"), (None, "unknown")]:
+        pairs = [make_pair("Name a colour.", generator=mined, license=licence)]
+        card = render_card(curate(pairs, CurationConfig()), "0" * 64, ["alpaca"], ["train"], "x")
+        assert f"license: {expected}\n" in card
+
+
+def test_a_redelivery_is_a_replay_and_another_chunk_an_exact_duplicate() -> None:
+    pair = make_pair("What does LoRA freeze?", "The weights.", doc="lora", index=3)
+    again_elsewhere = make_pair("What does LoRA freeze?", "The weights.", doc="qlora", index=8)
+    curated = curate([pair, pair, again_elsewhere], CurationConfig(eval_fraction=0))
+    assert [(d.filter, d.pair.doc_id) for d in curated.dropped] == [
+        ("replayed", pair.doc_id), ("exact_duplicate", again_elsewhere.doc_id)
+    ]  # fmt: skip
+
+
+def test_the_same_pair_from_two_runs_gives_the_same_bytes(tmp_path: Path) -> None:
+    """Delivery order must not pick which copy survives: the provenance would differ."""
+    pair = make_pair("What does LoRA freeze?", "The weights.", doc="lora")
+    other_run = pair.model_copy(update={"run_id": "run-other"})
+    rest = [make_pair("Name a colour.", doc="colours"), make_pair("Count to 3.", doc="numbers")]
+    config = CurationConfig(eval_fraction=0.3)
+    for name, order in (("a", [pair, other_run, *rest]), ("b", [*rest, other_run, pair])):
+        write_snapshot(curate(canonical_order(order), config), tmp_path / name)
+    for path in sorted((tmp_path / "a").rglob("*.*")):
+        assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes()
+
+
+def test_an_empty_split_is_left_out_and_the_rest_loads(tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    pairs = [make_pair("What does LoRA freeze?", doc="lora"), make_pair("Name a colour.")]
+    snapshot = write_snapshot(curate(pairs, CurationConfig(eval_fraction=0)), tmp_path / "ds")
+    assert not (tmp_path / "ds" / "alpaca" / "eval.jsonl").exists()
+    loaded = load_dataset(str(tmp_path / "ds"), "alpaca", cache_dir=str(tmp_path / "hf"))
+    assert list(loaded) == ["train"] and loaded["train"].num_rows == snapshot.train_n == 2
+    assert "There are no evaluation pairs" in (tmp_path / "ds" / "README.md").read_text()
+
+
+def test_a_snapshot_replaces_only_an_earlier_snapshot(tmp_path: Path) -> None:
+    curated = curate([make_pair("Name a colour.")], CurationConfig(eval_fraction=0))
+    write_snapshot(curated, tmp_path / "ds")
+    write_snapshot(curated, tmp_path / "ds", formats=["text"])
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir() if p.is_dir()) == ["text"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty and not a dataset"):
+        write_snapshot(curated, tmp_path / "mine")
+    with pytest.raises(ValueError, match="is a file"):
+        write_snapshot(curated, tmp_path / "mine" / "notes.txt")
+
+
+def test_seed_tasks_need_instructions_compared() -> None:
+    with pytest.raises(ValueError, match="seed tasks are instructions"):
+        curate([make_pair("Name a colour.")], CurationConfig(), seeds=["Name a colour."])
