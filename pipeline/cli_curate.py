@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.table import Table
 
 from pipeline import topics
@@ -48,12 +48,6 @@ class Row(BaseModel):
     doc_id: Sha256 | None = None
     task: str = "instruction"
     license: str | None = None
-
-    @field_validator("instruction", "input", "output")
-    @classmethod
-    def _utf8(cls, text: str) -> str:
-        text.encode("utf-8")  # a lone surrogate (from JSON's "\ud83d") raises a ValueError
-        return text
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import bus, topics
 from pipeline.curation.neardup import RougePool
-from pipeline.messages import encode, normalise
+from pipeline.messages import encode, normalise, pair_id_of
 from pipeline.settings import KafkaSettings
 from tests.support.pairs import make_pair
 from tests.support.rouge_reference import perturbed, reference
@@ -88,7 +88,7 @@ def test_rows_that_are_not_pairs_are_skipped_and_named(tmp_path: Path) -> None:
     done = curate(str(source), "--out", str(tmp_path / "ds"), "--eval-fraction", "0")
     assert done.returncode == 0, done.stderr
     assert f"{source}:2: output: String should have at least 1 character" in done.stderr
-    assert manifest(tmp_path / "ds")["skipped_rows"] == 1
+    assert len(manifest(tmp_path / "ds")["skipped_rows"]) == 1
     assert manifest(tmp_path / "ds")["train_n"] == 2
 
 
@@ -109,11 +109,14 @@ def test_a_pool_file_carries_kept_texts_to_the_next_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert manifest(tmp_path / "b")["train_n"] == 1
     dropped = json.loads((tmp_path / "b" / "dropped.jsonl").read_text())
-    assert dropped["match"] == "pool:0" and dropped["filter"] == "near_duplicate"
+    kept_before = pair_id_of("Give three tips for staying healthy.", "", "Sleep, eat, move.")
+    assert dropped["match"] == kept_before and dropped["filter"] == "near_duplicate"
     assert len(RougePool.load(pool)) == 2
     other = curate(str(second), "--out", str(tmp_path / "c"), "--threshold", "0.5",
                    "--pool", str(pool))  # fmt: skip
-    assert other.returncode == 1 and "built at threshold 0.7, not 0.5" in other.stderr
+    assert other.returncode == 1
+    said = " ".join(other.stderr.split())
+    assert "the pool holds instruction texts at threshold 0.7" in said
 
 
 def test_pairs_are_read_from_the_topic_for_one_run(kafka: KafkaSettings, tmp_path: Path) -> None:
@@ -139,11 +142,81 @@ def test_pairs_are_read_from_the_topic_for_one_run(kafka: KafkaSettings, tmp_pat
     assert curate("--run", "no-such-run", "--out", str(out), kafka=kafka).returncode == 1
 
 
+def test_a_file_of_pair_messages_is_curated_in_canonical_order(tmp_path: Path) -> None:
+    """pair/1 messages (a topic dump) give the same dataset in any order; a message that is
+    not a valid pair is skipped with the reason, never a traceback."""
+    pairs = [make_pair(f"Explain {d}{i}alpha and {d}{i}beta.", doc=d, index=i)
+             for d in ("lora", "qlora", "flash") for i in range(4)]  # fmt: skip
+    lines = [json.loads(encode(p)) for p in pairs]
+    tampered = {**lines[0], "output": "Not what the pair_id says."}
+    hashes = []
+    for name, rows in (("fwd", lines), ("rev", lines[::-1] + [tampered])):
+        source = tmp_path / f"{name}.jsonl"
+        source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        done = curate(str(source), "--out", str(tmp_path / name), "--eval-fraction", "0.3")
+        assert done.returncode == 0, done.stderr
+        hashes.append(manifest(tmp_path / name)["sha256"])
+    assert hashes[0] == hashes[1]
+    assert "rev.jsonl:13: pair/1: pair_id is not the sha256" in " ".join(done.stderr.split())
+
+
+def test_rows_are_checked_one_by_one(tmp_path: Path) -> None:
+    """JSON Lines in a .json file, a missing key, a null, a lone surrogate: each row that is
+    not a pair is named with its reason; the rest are curated."""
+    source = tmp_path / "rows.json"
+    source.write_text(
+        '{"instruction": "Name a colour.", "output": "Blue."}\n'
+        '{"prompt": "Dolly-style", "response": "no instruction key"}\n'
+        '{"instruction": "Count to three.", "input": null, "output": "1, 2, 3."}\n'
+        '{"instruction": "Say \\ud83d.", "output": "A broken emoji."}\n'
+    )
+    done = curate(str(source), "--out", str(tmp_path / "ds"), "--eval-fraction", "0")
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stderr.split())
+    assert f"{source}:2: instruction: Field required" in said
+    assert f"{source}:3: input: Input should be a valid string" in said
+    assert f"{source}:4: instruction: Input should be a valid string, unable to parse" in said
+    info = manifest(tmp_path / "ds")
+    assert info["train_n"] == 1 and len(info["skipped_rows"]) == 3
+    assert "3 input rows were not pairs" in (tmp_path / "ds" / "README.md").read_text()
+
+
+def test_when_no_row_is_a_pair_the_reasons_are_shown(tmp_path: Path) -> None:
+    source = tmp_path / "rows.jsonl"
+    source.write_text('{"instruction": "Say nothing.", "output": ""}\n')
+    done = curate(str(source), "--out", str(tmp_path / "ds"))
+    assert done.returncode == 1
+    said = " ".join(done.stderr.split())
+    assert "rows.jsonl:1: output: String should have at least 1 character" in said
+    assert "no pairs to curate" in said
+
+
+def test_seed_matches_are_named_as_seeds(test_data: Path, tmp_path: Path) -> None:
+    seeds = test_data / "data/instructions/alpaca/seed_tasks.jsonl"
+    first_seed = json.loads(seeds.read_text().splitlines()[0])["instruction"]
+    source = tmp_path / "rows.json"
+    rows = [{"instruction": first_seed + "!", "output": "Yes."},
+            {"instruction": "Name a colour.", "output": "Blue."}]  # fmt: skip
+    source.write_text(json.dumps(rows))
+    for pool in ([], ["--pool", str(tmp_path / "pool.npz")]):
+        out = tmp_path / f"ds{len(pool)}"
+        done = curate(str(source), "--out", str(out), "--fields", "instruction",
+                      "--seeds", str(seeds), *pool)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        dropped = json.loads((out / "dropped.jsonl").read_text())
+        assert dropped["match"] == "seed:0" and dropped["filter"] == "near_duplicate"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["missing.json"], "missing.json: no such file"),
         (["{bad}"], "not valid JSON"),
+        (["{lines}"], "lines.jsonl:2: not valid JSON (Expecting value, column 1)"),
+        (["{rows}", "--seeds", "{rows}"], "--seeds needs --fields instruction"),
+        (["{rows}", "--run", "r1"], "--run picks pairs from the topic"),
+        (["{rows}", "--out", "{rows}"], "is a file, not a directory"),
+        (["{rows}", "--pool", "/no/such/dir/pool.npz"], "/no/such/dir: no such directory"),
         (["{rows}", "--threshold", "1.5"], "threshold: Input should be less than or equal to 1"),
         (["{rows}", "--format", "parquet"], "--format must be among alpaca, messages, text"),
         (["{rows}", "--fields", "title"], "fields: Input should be"),
@@ -152,11 +225,13 @@ def test_pairs_are_read_from_the_topic_for_one_run(kafka: KafkaSettings, tmp_pat
 )
 def test_bad_input_is_refused_with_its_reason(tmp_path: Path, args: list[str], message: str):
     files = {"bad": tmp_path / "bad.json", "rows": tmp_path / "rows.json",
-             "empty": tmp_path / "empty.json"}  # fmt: skip
+             "empty": tmp_path / "empty.json", "lines": tmp_path / "lines.jsonl"}  # fmt: skip
     files["bad"].write_text("[{")
+    files["lines"].write_text('{"instruction": "a", "output": "b"}\n,\n')
     files["rows"].write_text(json.dumps([{"instruction": "Name a colour.", "output": "Blue."}]))
     files["empty"].write_text("[]")
     resolved = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
-    done = curate(*resolved, "--out", str(tmp_path / "ds"))
+    out = [] if "--out" in resolved else ["--out", str(tmp_path / "ds")]
+    done = curate(*resolved, *out)
     assert done.returncode == 1
     assert message in " ".join(done.stderr.split()), done.stderr
