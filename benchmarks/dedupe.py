@@ -110,7 +110,7 @@ def main() -> None:
               f"{ref_s / fast_s:.0f}x, kept {sum(kept)}, {differ} decisions differ")  # fmt: skip
 
     kept, full_s, pool = fast(instructions, 0.7)
-    candidates, overlaps, lcs, _ = pool.stats.tolist()
+    candidates, overlaps, lcs = pool.stats.tolist()
     print(f"all {len(instructions)}: {full_s:.2f} s, kept {sum(kept)}; {candidates} candidates "
           f"from the index, {overlaps} overlaps merged, {lcs} LCS computed")  # fmt: skip
 

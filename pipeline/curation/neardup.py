@@ -74,7 +74,7 @@ class RougePool:
         # An element is a token's k-th occurrence in a text, so multisets become sets.
         self._elements: dict[tuple[int, int], int] = {}
         self._rank = np.zeros(0, dtype=np.int64)
-        self._low = 0  # new elements are ranked before every existing one (rarer: probed first)
+        self._df = np.zeros(0, dtype=np.int64)  # texts each element was met in
         self._count = 0
         self._n_post = 0
         self._seq = np.zeros(0, dtype=np.int32)
@@ -88,7 +88,9 @@ class RougePool:
         self._hits = np.zeros(0, dtype=np.int32)
         self._need = np.zeros(0, dtype=np.int32)
         self._local = np.zeros(0, dtype=np.int32)
-        self.stats = np.zeros(4, dtype=np.int64)
+        #: Counters for people: candidates met in the index, overlaps merged, LCS computed.
+        self.stats = np.zeros(3, dtype=np.int64)
+        self._probes = np.zeros(1, dtype=np.int64)  # makes every probe's `seen` mark unique
 
     def __len__(self) -> int:
         return self._count
@@ -125,7 +127,7 @@ class RougePool:
             self._seq, self._set, self._off, self._count,
             self._head, self._nxt, self._post_rec, self._post_pos, self._n_post,
             self._seen, self._hits, self._need, self._local,
-            kept, match, score, self.stats,
+            kept, match, score, self.stats, self._probes,
         )  # fmt: skip
         return Decisions(kept, match, score)
 
@@ -146,25 +148,33 @@ class RougePool:
                 elems.append(elements.setdefault((tid, k), len(elements)))
             off.append(len(seq))
         elem_arr = np.array(elems, dtype=np.int32)
-        self._rank_new_elements(elem_arr, first_new)
+        self._rank_elements(elem_arr, first_new)
         lengths = np.diff(off)
         owner = np.repeat(np.arange(len(texts)), lengths)
         order = np.lexsort((self._rank[elem_arr], owner))
         return np.array(seq, dtype=np.int32), elem_arr[order], np.array(off, dtype=np.int64)
 
-    def _rank_new_elements(self, elems: np.ndarray, first_new: int) -> None:
-        """Rank the elements first met in this batch rarest first, before all older ones.
-        Any fixed total order is correct for prefix filtering; rare-first keeps prefixes and
-        posting lists short. Older elements keep their ranks, so the index stays valid."""
+    def _rank_elements(self, elems: np.ndarray, first_new: int) -> None:
+        """Rank the elements first met in this batch among the older ones, by how many texts
+        hold them (rare first: short prefixes, short posting lists). Older elements keep their
+        order, so every indexed prefix stays valid (the index stores element ids, and ranks
+        only order them); any consistent order is correct, a frequency order is fast."""
         n_new = len(self._elements) - first_new
+        self._df = np.concatenate([self._df, np.zeros(n_new, dtype=np.int64)])
+        self._df += np.bincount(elems, minlength=len(self._df))
         if n_new == 0:
             return
-        df = np.bincount(elems[elems >= first_new] - first_new, minlength=n_new)
-        by_rarity = np.argsort(df, kind="stable")
-        ranks = np.empty(n_new, dtype=np.int64)
-        ranks[by_rarity] = np.arange(self._low - n_new, self._low)
-        self._low -= n_new
-        self._rank = np.concatenate([self._rank, ranks])
+        old = np.argsort(self._rank)  # element ids in their current order
+        # New ones go before the first older element at least as frequent (older frequencies
+        # made non-decreasing along the order, since the order predates them).
+        ceiling = np.maximum.accumulate(self._df[old]) if len(old) else old
+        new = np.arange(first_new, len(self._elements))
+        slot = np.searchsorted(ceiling, self._df[new], side="left")
+        keys = np.concatenate([2 * np.arange(len(old)) + 1, 2 * slot])
+        ids = np.concatenate([old, new])
+        order = ids[np.lexsort((self._df[ids], keys))]
+        self._rank = np.empty(len(self._elements), dtype=np.int64)
+        self._rank[order] = np.arange(len(order))
 
     def _reserve(self, texts: int, tokens: int) -> None:
         """Grow every array so that the batch fits even if all of it is kept."""
@@ -190,7 +200,6 @@ class RougePool:
         end = int(self._off[self._count])
         meta = {
             "format": _FORMAT, "threshold": self.threshold, "compares": self.compares,
-            "low": self._low,
         }  # fmt: skip
         partial = path.with_name(path.name + ".partial")
         with partial.open("wb") as f:
@@ -201,6 +210,7 @@ class RougePool:
                 vocab=np.array(list(self._vocab), dtype=np.str_),
                 element_keys=keys,
                 rank=self._rank,
+                df=self._df,
                 seq=self._seq[:end],
                 set=self._set[:end],
                 off=self._off[: self._count + 1],
@@ -218,7 +228,7 @@ class RougePool:
             pool._vocab = {str(t): i for i, t in enumerate(data["vocab"])}
             pool._elements = {(int(t), int(k)): i for i, (t, k) in enumerate(data["element_keys"])}
             pool._rank = data["rank"]
-            pool._low = int(meta["low"])
+            pool._df = data["df"]
             seq, elems, off = data["seq"], data["set"], data["off"]
         n = len(off) - 1
         pool._reserve(n, len(seq))
@@ -227,7 +237,7 @@ class RougePool:
             pool._seq, pool._set, pool._off, 0,
             pool._head, pool._nxt, pool._post_rec, pool._post_pos, 0,
             pool._seen, pool._hits, pool._need, pool._local,
-            np.zeros(n, np.bool_), np.zeros(n, np.int64), np.zeros(n), pool.stats,
+            np.zeros(n, np.bool_), np.zeros(n, np.int64), np.zeros(n), pool.stats, pool._probes,
         )  # fmt: skip
         return pool
 

@@ -207,3 +207,27 @@ def test_bad_thresholds_and_files_are_named(tmp_path: Path) -> None:
     np.savez(path, meta=np.array(json.dumps({"format": "something-else"})))
     with pytest.raises(ValueError, match="not a ROUGE pool"):
         RougePool.load(path)
+
+
+def test_the_counters_are_only_for_reading() -> None:
+    """Resetting `stats` (to measure one batch) must not change a decision."""
+    pool = RougePool(0.5)
+    pool.filter(["alpha beta gamma delta"])
+    pool.filter(["alpha zzz"])
+    pool.stats[:] = 0
+    assert pool.filter(["q", "alpha beta gamma delta"]).kept.tolist() == [True, False]
+
+
+def test_a_word_new_to_the_pool_but_common_in_a_batch_is_ranked_as_common(
+    test_data: Path,
+) -> None:
+    """Ranking a batch's new words as rarest would put one common to the whole batch in every
+    prefix, and the batch would compare all against all. Counted in work, not seconds."""
+    instructions = alpaca(test_data)[:6000]
+    stream = instructions[:3000] + ["Qqqzz: " + text for text in instructions[3000:]]
+    whole = RougePool(0.7)
+    whole.filter(stream)
+    batches = RougePool(0.7)
+    batches.filter(stream[:3000])
+    batches.filter(stream[3000:])
+    assert batches.stats[1] < 2 * whole.stats[1]  # overlaps merged
