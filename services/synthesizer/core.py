@@ -8,6 +8,8 @@ import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from pipeline.messages import GeneratorInfo, Pair, ParsedChunk, pair_id_of
+
 
 @dataclass(frozen=True)
 class Triple:
@@ -17,6 +19,22 @@ class Triple:
     input: str
     output: str
     task: str
+
+    def pair(self, chunk: ParsedChunk, generator: GeneratorInfo) -> Pair:
+        """The pair this triple makes from `chunk`, with the chunk's provenance."""
+        return Pair(
+            pair_id=pair_id_of(self.instruction, self.input, self.output),
+            chunk_id=chunk.chunk_id,
+            doc_id=chunk.doc_id,
+            instruction=self.instruction,
+            input=self.input,
+            output=self.output,
+            task=self.task,
+            generator=generator,
+            license=chunk.source.license,
+            run_id=chunk.run_id,
+            source=chunk.source,
+        )
 
 
 @dataclass(frozen=True)

@@ -75,21 +75,7 @@ def make_handler(
         for pair_id, triple in kept:
             quality.kept(pair_id)
             metrics.pair(triple.task)
-            pairs.append(
-                Pair(
-                    pair_id=pair_id,
-                    chunk_id=chunk.chunk_id,
-                    doc_id=chunk.doc_id,
-                    instruction=triple.instruction,
-                    input=triple.input,
-                    output=triple.output,
-                    task=triple.task,
-                    generator=info,
-                    license=chunk.source.license,
-                    run_id=chunk.run_id,
-                    source=chunk.source,
-                )
-            )
+            pairs.append(triple.pair(chunk, info))
         metrics.chunk("repaired" if generation.repaired else "ok" if pairs else "no_pairs")
         return pairs
 

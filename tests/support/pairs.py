@@ -52,22 +52,8 @@ def paper_pairs(pdfs: Path) -> tuple[Pair, ...]:
         provider="reading-comprehension", model="reading-comprehension",
         prompt_id="reading-comprehension-v1", prompt_hash="b" * 64, temperature=0.0, terms="none",
     )  # fmt: skip
-    out = []
-    for chunk in paper_chunks(pdfs):
-        for triple in reading.mine(chunk.text, section=chunk.section, title=chunk.source.title):
-            out.append(
-                Pair(
-                    pair_id=pair_id_of(triple.instruction, triple.input, triple.output),
-                    chunk_id=chunk.chunk_id,
-                    doc_id=chunk.doc_id,
-                    instruction=triple.instruction,
-                    input=triple.input,
-                    output=triple.output,
-                    task=triple.task,
-                    generator=info,
-                    license=chunk.source.license,
-                    run_id=chunk.run_id,
-                    source=chunk.source,
-                )  # fmt: skip
-            )
-    return tuple(out)
+    return tuple(
+        triple.pair(chunk, info)
+        for chunk in paper_chunks(pdfs)
+        for triple in reading.mine(chunk.text, section=chunk.section, title=chunk.source.title)
+    )
