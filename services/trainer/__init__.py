@@ -1,0 +1,1 @@
+"""The trainer: pairs → a curated snapshot → a LoRA/QLoRA adapter on `checkpoints`."""
