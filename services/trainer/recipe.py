@@ -18,7 +18,7 @@ class _Section(BaseModel):
 
 class Lora(_Section):
     rank: int = Field(16, ge=1)
-    alpha: float = Field(32, gt=0)
+    alpha: int = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     #: Module names, or "all-linear" (every linear layer but the output head, as QLoRA does).
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
