@@ -128,16 +128,13 @@ def curate(
         err.print(f"[yellow]skipped[/yellow] {len(got.skipped) - 5} more rows")
     if not got.pairs:
         raise fail("no pairs to curate" + (f" for run {run}" if run else ""))
-    seed_texts = _read_seeds(seeds) if seeds else []
-    kept_pool = _open_pool(pool, config, seed_texts) if pool else None
+    kept_pool = _open_pool(pool, config, _read_seeds(seeds) if seeds else [])
 
     started = time.perf_counter()
     with console.status(f"curating {len(got.pairs)} pairs"):
         ordered = canonical_order(got.pairs) if got.messages_only else got.pairs
         try:
-            curated = run_curation(
-                ordered, config, seeds=[] if kept_pool else seed_texts, pool=kept_pool
-            )
+            curated = run_curation(ordered, config, pool=kept_pool)
         except ValueError as exc:
             raise fail(str(exc)) from None
         extra: dict[str, Any] = {"inputs": [str(p) for p in inputs] if inputs else [topics.PAIRS]}
@@ -147,7 +144,7 @@ def curate(
             notes.append(f"{len(got.skipped)} input rows were not pairs and were skipped "
                          "(`manifest.json` lists them with the reason).")  # fmt: skip
         snapshot = write_snapshot(curated, out, formats=chosen, extra=extra, notes=notes)
-    if pool and kept_pool is not None:
+    if pool:
         kept_pool.save(pool)
 
     _report(len(got.pairs), curated, snapshot, time.perf_counter() - started)
@@ -299,14 +296,13 @@ def _read_seeds(path: Path) -> list[str]:
     return texts
 
 
-def _open_pool(path: Path, config: CurationConfig, seeds: list[str]) -> RougePool:
+def _open_pool(path: Path | None, config: CurationConfig, seeds: list[str]) -> RougePool:
     """The pool file's pool, or a new one holding the seeds."""
+    from pipeline.curation.dataset import new_pool
     from pipeline.curation.neardup import RougePool
 
-    if not path.exists():
-        pool = RougePool(config.threshold, compares=config.fields)
-        pool.add(seeds, [f"seed:{i}" for i in range(len(seeds))])
-        return pool
+    if path is None or not path.exists():
+        return new_pool(config, seeds)
     if seeds:
         err.print(f"[yellow]note[/yellow] {path} already holds its seeds; --seeds ignored")
     try:

@@ -147,8 +147,7 @@ def _drop_near_duplicates(
     pool: RougePool | None,
 ) -> list[Pair]:
     if pool is None:
-        pool = RougePool(config.threshold, compares=config.fields)
-        pool.add(seeds, [f"seed:{i}" for i in range(len(seeds))])
+        pool = new_pool(config, seeds)
     elif (pool.threshold, pool.compares) != (config.threshold, config.fields):
         raise ValueError(
             f"the pool holds {pool.compares or 'unnamed'} texts at threshold {pool.threshold}; "
@@ -164,6 +163,13 @@ def _drop_near_duplicates(
         else:
             dropped.append(Drop(pair, "near_duplicate", pool.ids[match], float(score)))
     return kept
+
+
+def new_pool(config: CurationConfig, seeds: Sequence[str] = ()) -> RougePool:
+    """An empty ROUGE-L pool for `config`, holding the seed tasks (named seed:N) first."""
+    pool = RougePool(config.threshold, compares=config.fields)
+    pool.add(seeds, [f"seed:{i}" for i in range(len(seeds))])
+    return pool
 
 
 def eval_documents(doc_ids: set[str], config: CurationConfig) -> frozenset[str]:

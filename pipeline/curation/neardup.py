@@ -52,9 +52,6 @@ class Decisions:
     match: np.ndarray  # int64: pool index of the kept text that matched, -1 when none did
     score: np.ndarray  # float64: the ROUGE-L F of that match, 0.0 when none
 
-    def __len__(self) -> int:
-        return len(self.kept)
-
 
 class RougePool:
     """Texts kept so far, indexed for ROUGE-L queries at one threshold.
@@ -116,9 +113,14 @@ class RougePool:
         return list(ids)
 
     def _run(self, mode: int, texts: Sequence[str], *, inclusive: bool) -> Decisions:
-        seq, elems, off = self._encode(texts)
-        self._reserve(len(texts), len(seq))
-        n = len(texts)
+        return self._decide(mode, *self._encode(texts), inclusive=inclusive)
+
+    def _decide(
+        self, mode: int, seq: np.ndarray, elems: np.ndarray, off: np.ndarray, *, inclusive: bool
+    ) -> Decisions:
+        """Run the kernel over an encoded batch (token ids, ranked elements, offsets)."""
+        n = len(off) - 1
+        self._reserve(n, len(seq))
         kept = np.zeros(n, dtype=np.bool_)
         match = np.full(n, -1, dtype=np.int64)
         score = np.zeros(n, dtype=np.float64)
@@ -229,16 +231,8 @@ class RougePool:
             pool._elements = {(int(t), int(k)): i for i, (t, k) in enumerate(data["element_keys"])}
             pool._rank = data["rank"]
             pool._df = data["df"]
-            seq, elems, off = data["seq"], data["set"], data["off"]
-        n = len(off) - 1
-        pool._reserve(n, len(seq))
-        pool._count, pool._n_post = kernels.run_batch(
-            kernels.MODE_ADD, pool.threshold, False, seq, elems, off, pool._rank,
-            pool._seq, pool._set, pool._off, 0,
-            pool._head, pool._nxt, pool._post_rec, pool._post_pos, 0,
-            pool._seen, pool._hits, pool._need, pool._local,
-            np.zeros(n, np.bool_), np.zeros(n, np.int64), np.zeros(n), pool.stats, pool._probes,
-        )  # fmt: skip
+            # The kept texts go back in as one batch: the index is rebuilt, nothing re-decided.
+            pool._decide(kernels.MODE_ADD, data["seq"], data["set"], data["off"], inclusive=False)
         return pool
 
 
