@@ -2,27 +2,47 @@
 setup (tokenizer, examples, model), train (TRL's SFTTrainer over our packed rows), save.
 
 Packing is ours, not TRL's: TRL's padding-free packing relies on FlashAttention to keep packed
-examples apart, and CPUs have none; our rows carry a block-diagonal mask (core.packed_batch)."""
+examples apart, and CPUs have none; our rows carry a block-diagonal mask (core.packed_batch).
+
+A run resumes from the last complete checkpoint in its output directory (optimizer, scheduler,
+RNG and data position, through the Trainer), so a killed run goes on where it stopped. Run as
+`python -m services.trainer.train SNAPSHOT RECIPE OUTPUT` it prints its progress as JSON lines;
+that is how the service runs it, and how torchrun / accelerate launch it on several GPUs."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import shutil
+import signal
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from datasets import Dataset
-from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from peft import LoraConfig, prepare_model_for_kbit_training
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    TrainerCallback,
+)
 from trl.trainer.sft_config import SFTConfig
 from trl.trainer.sft_trainer import SFTTrainer
 
 from services.trainer.core import IGNORE, Example, pack, packed_batch, prompt_and_answer, tokenize
-from services.trainer.recipe import Recipe
+from services.trainer.recipe import Recipe, load_recipe
+
+#: transformers writes trainer_state.json last: a checkpoint without it was cut short.
+_COMPLETE = "trainer_state.json"
 
 
 @dataclass(frozen=True)
@@ -33,7 +53,29 @@ class RunResult:
     eval_loss_before: float | None  # mean per answer token on the held-out split
     eval_loss_after: float | None
     dropped_too_long: int
+    train_examples: int
+    tokens: int  # the non-padding tokens trained on by this process (not before a resume)
+    tokens_per_s: float
     seconds: float
+    resumed_from: int | None  # the step of the checkpoint it resumed from
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total_steps: int
+    loss: float
+    learning_rate: float
+    tokens_per_s: float  # non-padding tokens, since this process started training
+    eta_s: float
+
+
+class Interrupted(Exception):  # noqa: N818 - a state, not a failure
+    """Stopped on request after saving a checkpoint; running again resumes from it."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step}, checkpoint saved")
+        self.step = step
 
 
 def read_split(snapshot: Path, split: str) -> list[dict[str, str]]:
@@ -79,6 +121,7 @@ def rows_dataset(examples: list[Example], recipe: Recipe) -> Dataset:
 class Collator:
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
+        self.tokens = 0  # non-padding tokens collated so far, for tokens/s
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows = []
@@ -90,7 +133,51 @@ class Collator:
                 )
                 at += n
             rows.append(row)
+            self.tokens += at
         return packed_batch(rows, self.pad_id)
+
+
+class _Watch(TrainerCallback):
+    """Reports progress at each logging step, and stops cleanly (a checkpoint first) when
+    `should_stop()` says so."""
+
+    def __init__(
+        self,
+        collator: Collator,
+        report: Callable[[Progress], None],
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.collator = collator
+        self.report = report
+        self.should_stop = should_stop
+        self.started = time.monotonic()
+        self.first_step = 0
+        self.stopped = False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started, self.first_step = time.monotonic(), state.global_step
+        self.collator.tokens = 0
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.should_stop():
+            self.stopped = control.should_save = control.should_training_stop = True
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if not logs or "loss" not in logs or not state.is_world_process_zero:
+            return
+        elapsed = time.monotonic() - self.started
+        done = state.global_step - self.first_step
+        per_step = elapsed / done if done else 0.0
+        self.report(
+            Progress(
+                step=state.global_step,
+                total_steps=state.max_steps,
+                loss=float(logs["loss"]),
+                learning_rate=float(logs.get("learning_rate", 0.0)),
+                tokens_per_s=self.collator.tokens / elapsed if elapsed else 0.0,
+                eta_s=per_step * (state.max_steps - state.global_step),
+            )
+        )
 
 
 @torch.no_grad()
@@ -112,7 +199,16 @@ def held_out_loss(model: Any, examples: list[Example], pad_id: int, batch: int =
     return total / max(count, 1)
 
 
-def run(recipe: Recipe, snapshot: Path, output: Path, *, resume: bool = False) -> RunResult:
+def run(
+    recipe: Recipe,
+    snapshot: Path,
+    output: Path,
+    *,
+    progress: Callable[[Progress], None] = lambda _: None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> RunResult:
+    """Train `recipe` on `snapshot` into `output` (adapter/, trainer_state.json, checkpoints/),
+    resuming from the last complete checkpoint there. Raises Interrupted when stopped early."""
     started = time.monotonic()
     # --- setup
     torch.manual_seed(recipe.seed)
@@ -125,20 +221,27 @@ def run(recipe: Recipe, snapshot: Path, output: Path, *, resume: bool = False) -
     if not train:
         raise ValueError(f"{snapshot}: no training example fits {recipe.data.max_seq_len} tokens")
     dataset = rows_dataset(train, recipe)
-    model = AutoModelForCausalLM.from_pretrained(recipe.base_model, dtype=_dtype(recipe))
+    model = _load_model(recipe)
     before = held_out_loss(model, held_out, pad_id) if held_out else None
 
     # --- train
+    collator = Collator(pad_id)
+    watch = _Watch(collator, progress, should_stop)
     trainer = SFTTrainer(
         model=model,
         args=_arguments(recipe, output, len(dataset)),
         train_dataset=dataset,
-        data_collator=Collator(pad_id),
+        data_collator=collator,
         processing_class=tokenizer,
         peft_config=_lora(recipe),
+        callbacks=[watch],
     )
-    checkpoints = sorted((output / "checkpoints").glob("checkpoint-*"))
-    outcome = trainer.train(resume_from_checkpoint=bool(resume and checkpoints))
+    trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout; _Watch reports
+    checkpoint = last_checkpoint(output / "checkpoints")
+    outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if watch.stopped and outcome.global_step < trainer.state.max_steps:
+        raise Interrupted(outcome.global_step)
+    seconds = time.monotonic() - watch.started
 
     # --- save
     adapter = output / "adapter"
@@ -148,20 +251,73 @@ def run(recipe: Recipe, snapshot: Path, output: Path, *, resume: bool = False) -
     (adapter / "recipe.yaml").write_text(
         yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
     )
+    trainer.state.save_to_json(str(output / "trainer_state.json"))
     after = held_out_loss(tuned, held_out, pad_id) if held_out else None
-    return RunResult(adapter, outcome.global_step, outcome.training_loss, before, after,
-                     too_long, time.monotonic() - started)  # fmt: skip
+    return RunResult(
+        adapter_dir=adapter,
+        steps=outcome.global_step,
+        train_loss=outcome.training_loss,
+        eval_loss_before=before,
+        eval_loss_after=after,
+        dropped_too_long=too_long,
+        train_examples=len(train),
+        tokens=collator.tokens,
+        tokens_per_s=collator.tokens / seconds if seconds else 0.0,
+        seconds=time.monotonic() - started,
+        resumed_from=_step(checkpoint) if checkpoint else None,
+    )
+
+
+def last_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint; ones cut short by a kill are removed."""
+    complete = []
+    for path in directory.glob("checkpoint-*"):
+        if (path / _COMPLETE).exists():
+            complete.append(path)
+        else:
+            shutil.rmtree(path)
+    return max(complete, key=_step, default=None)
+
+
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rpartition("-")[2])
 
 
 def _dtype(recipe: Recipe) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[recipe.precision]
 
 
+def _load_model(recipe: Recipe) -> Any:
+    if recipe.method != "qlora":
+        return AutoModelForCausalLM.from_pretrained(recipe.base_model, dtype=_dtype(recipe))
+    # QLoRA as the paper has it: NF4 weights, the quantisation constants quantised again,
+    # computation in the recipe's precision. bitsandbytes does this on CPU too, slowly.
+    quantization = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=_dtype(recipe),
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        recipe.base_model, dtype=_dtype(recipe), quantization_config=quantization
+    )
+    from bitsandbytes.nn import Linear4bit  # type: ignore[attr-defined]  # only for QLoRA
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            # On CPUs with AVX512-BF16, bitsandbytes repacks the weights in place for
+            # inference (our held-out loss), and asserts on widths that are not a multiple
+            # of 32 (172 in stories260K). Training never uses that path; keep one layout.
+            module.support_avx512bf16_for_cpu = False
+    # Norms and the head in fp32 and input gradients on, which checkpointing needs.
+    return prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+        model, use_gradient_checkpointing=recipe.gradient_checkpointing
+    )
+
+
 def _lora(recipe: Recipe) -> LoraConfig | None:
     if recipe.method == "full":
         return None
-    if recipe.method == "qlora":
-        raise NotImplementedError("qlora: 4-bit loading with bitsandbytes is not wired yet")
     lora = recipe.lora
     return LoraConfig(
         r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
@@ -198,3 +354,48 @@ def _arguments(recipe: Recipe, output: Path, rows: int) -> SFTConfig:
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One run from the command line; progress and the result as JSON lines on stdout.
+
+    Exit status 0: trained (the result is also in OUTPUT/result.json); 3: stopped by SIGTERM
+    or SIGINT after a checkpoint, to be resumed by running the same command again."""
+    parser = argparse.ArgumentParser(prog="python -m services.trainer.train")
+    parser.add_argument("snapshot", type=Path, help="a curated snapshot directory")
+    parser.add_argument("recipe", type=Path, help="a recipe file or a bundled recipe's name")
+    parser.add_argument("output", type=Path, help="where the adapter and checkpoints go")
+    parser.add_argument("--base-model", help="overrides the recipe's base_model")
+    args = parser.parse_args(argv)
+    recipe = load_recipe(args.recipe)
+    if args.base_model:
+        recipe = recipe.model_copy(update={"base_model": args.base_model})
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    def emit(event: str, fields: dict[str, Any]) -> None:
+        print(json.dumps({"event": event, **fields}, default=str), flush=True)
+
+    try:
+        result = run(
+            recipe,
+            args.snapshot,
+            args.output,
+            progress=lambda p: emit("progress", asdict(p)),
+            should_stop=lambda: stopping,
+        )
+    except Interrupted as exc:
+        emit("interrupted", {"step": exc.step})
+        sys.exit(3)
+    (args.output / "result.json").write_text(json.dumps(asdict(result), default=str, indent=2))
+    emit("done", asdict(result))
+
+
+if __name__ == "__main__":
+    main()
