@@ -35,7 +35,15 @@ class BlobStore(Protocol):
         """Store `data` under a chosen relative name (manifests, reports); overwrites."""
         ...
 
+    def put_file_as(self, name: str, path: Path) -> str:
+        """Like `put_as`, streaming from a local file (adapters, model weights)."""
+        ...
+
     def get(self, uri: str) -> bytes: ...
+
+    def names(self, folder: str) -> list[str]:
+        """The names (as given to `put_as`) of every blob under `folder`, sorted."""
+        ...
 
     def exists(self, uri: str) -> bool: ...
 
@@ -99,11 +107,25 @@ class FileBlobStore:
         self._write(key, [data])
         return self.uri(key)
 
+    def put_file_as(self, name: str, path: Path) -> str:
+        key = _check_name(name)
+        with open(path, "rb") as f:
+            self._write(key, iter(lambda: f.read(_CHUNK), b""))
+        return self.uri(key)
+
     def get(self, uri: str) -> bytes:
         path = self._path(uri)
         if not path.is_file():
             raise BadInput(f"no blob at {uri}", reason="blob_missing")
         return path.read_bytes()
+
+    def names(self, folder: str) -> list[str]:
+        top = self.root / _check_name(folder)
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in top.rglob("*")
+            if p.is_file() and not p.name.startswith(".tmp-")  # a write in progress
+        )
 
     def exists(self, uri: str) -> bool:
         return self._path(uri).is_file()
@@ -172,12 +194,22 @@ class S3BlobStore:
         self.fs.pipe_file(uri, data)
         return uri
 
+    def put_file_as(self, name: str, path: Path) -> str:
+        uri = self.uri(_check_name(name))
+        self.fs.put_file(str(path), uri)
+        return uri
+
     def get(self, uri: str) -> bytes:
         self._check(uri)
         try:
             return bytes(self.fs.cat_file(uri))
         except FileNotFoundError:
             raise BadInput(f"no blob at {uri}", reason="blob_missing") from None
+
+    def names(self, folder: str) -> list[str]:
+        root = self.uri("").removeprefix("s3://")
+        found = self.fs.find(self.uri(_check_name(folder)))
+        return sorted(str(path).removeprefix(root) for path in found)
 
     def exists(self, uri: str) -> bool:
         self._check(uri)
@@ -202,3 +234,24 @@ def open_store(settings: BlobSettings) -> BlobStore:
             raise ValueError(f"BLOB_STORE_URI {uri!r} has no bucket")
         return S3BlobStore(uri, settings)
     raise ValueError(f"BLOB_STORE_URI {uri!r}: use file://DIR or s3://BUCKET/PREFIX")
+
+
+def put_tree(store: BlobStore, directory: Path, name: str) -> str:
+    """Every file under `directory` stored under `name/` (relative paths kept); its URI."""
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            store.put_file_as(f"{name}/{path.relative_to(directory).as_posix()}", path)
+    return store.uri(name)
+
+
+def get_tree(store: BlobStore, name: str, directory: Path) -> Path:
+    """The blobs under `name/` written below `directory` as files; returns `directory`."""
+    prefix = _check_name(name) + "/"
+    found = store.names(name)
+    if not found:
+        raise BadInput(f"no blobs under {store.uri(name)}", reason="blob_missing")
+    for key in found:
+        target = directory / key.removeprefix(prefix)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(store.get(store.uri(key)))
+    return directory

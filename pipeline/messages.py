@@ -306,6 +306,8 @@ class Checkpoint(Message):
     dataset: DatasetRef
     hyperparameters: dict[str, Scalar] = {}
     metrics: dict[str, float] = {}
+    #: What goes with the adapter, by kind: tokenizer, recipe, trainer_state, dataset_card.
+    artifacts: dict[str, NonEmpty] = {}
 
 
 class TaskScore(BaseModel):

@@ -1,10 +1,12 @@
 """What the trainer does to examples before the model sees them: the prompt format, tokens with
 the prompt masked out of the loss, and packing several examples into one row without letting
-attention cross from one into another. Pure: a tokenizer in, lists and tensors out."""
+attention cross from one into another. Pure: a tokenizer in, lists and tensors out. And when
+to train: the backlog of new pairs per run."""
 
 from __future__ import annotations
 
 import bisect
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -156,3 +158,45 @@ def padded_batch(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Te
         labels[r, :n] = torch.tensor(example.labels)
         attention[r, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": attention}
+
+
+@dataclass
+class _Pending:
+    new: int
+    last: float  # when the last new pair arrived (monotonic seconds)
+
+
+class Backlog:
+    """New pairs per run, and which runs are due: `min_new` new pairs and none for `idle_s`
+    (the synthesizers are done with the run for now). Thread-safe: pairs arrive on the worker
+    loop's thread while the scheduler asks what is due."""
+
+    def __init__(self, min_new: int, idle_s: float) -> None:
+        self.min_new, self.idle_s = min_new, idle_s
+        self._runs: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+
+    def arrived(self, run_id: str, now: float, n: int = 1) -> None:
+        with self._lock:
+            pending = self._runs.setdefault(run_id, _Pending(0, now))
+            pending.new += n
+            pending.last = now
+
+    def due(self, now: float) -> list[str]:
+        with self._lock:
+            return sorted(
+                run
+                for run, p in self._runs.items()
+                if p.new >= self.min_new and now - p.last >= self.idle_s
+            )
+
+    def take(self, run_id: str) -> int:
+        """A snapshot of `run_id` is being taken: what was new is in it. Returns that count."""
+        with self._lock:
+            pending = self._runs.pop(run_id, None)
+            return pending.new if pending else 0
+
+    def new(self, run_id: str) -> int:
+        with self._lock:
+            pending = self._runs.get(run_id)
+            return pending.new if pending else 0

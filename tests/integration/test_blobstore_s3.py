@@ -13,7 +13,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
-from pipeline.blobstore import S3BlobStore, open_store
+from pipeline.blobstore import S3BlobStore, get_tree, open_store, put_tree
 from pipeline.settings import BlobSettings
 from tests.support.asserts import bad_input
 
@@ -180,3 +180,20 @@ def test_a_blob_deleted_elsewhere_after_a_listing_is_gone(endpoint, store, s3, b
     _list_in_the_same_process(endpoint, store, f"{bucket}/prefix/reports")
     s3.delete_object(Bucket=bucket, Key="prefix/reports/first.json")
     assert not store.exists(uri)
+
+
+def test_names_and_trees(store, s3, bucket, tmp_path: Path):
+    source = tmp_path / "adapter"
+    (source / "nested").mkdir(parents=True)
+    (source / "adapter_model.safetensors").write_bytes(PDF)
+    (source / "nested" / "config.json").write_text("{}")
+    uri = put_tree(store, source, "checkpoints/c1/adapter")
+    assert uri == f"s3://{bucket}/prefix/checkpoints/c1/adapter"
+    assert store.names("checkpoints/c1") == [
+        "checkpoints/c1/adapter/adapter_model.safetensors",
+        "checkpoints/c1/adapter/nested/config.json",
+    ]
+    assert store.names("checkpoints/c2") == []
+    copy = get_tree(store, "checkpoints/c1/adapter", tmp_path / "copy")
+    assert (copy / "adapter_model.safetensors").read_bytes() == PDF
+    assert (copy / "nested" / "config.json").read_text() == "{}"

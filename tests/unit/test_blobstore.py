@@ -291,3 +291,41 @@ def test_put_as_cannot_overwrite_a_content_addressed_blob(store):
 def test_blobs_are_readable_by_other_users(store):
     uri = store.put(b"shared")
     assert store._path(uri).stat().st_mode & 0o044 == 0o044
+
+
+# --- folders: names, files stored by name, trees --------------------------------------------------
+
+
+def test_names_lists_a_folder_recursively_without_writes_in_progress(store):
+    store.put_as("runs/a/pairs/2.json", b"2")
+    store.put_as("runs/a/pairs/1.json", b"1")
+    store.put_as("runs/a/state.json", b"{}")
+    store.put_as("runs/b/state.json", b"{}")
+    (store.root / "runs" / "a" / "pairs" / ".tmp-half").write_bytes(b"")
+    assert store.names("runs/a") == [
+        "runs/a/pairs/1.json",
+        "runs/a/pairs/2.json",
+        "runs/a/state.json",
+    ]
+    assert store.names("runs/a/pairs/") == ["runs/a/pairs/1.json", "runs/a/pairs/2.json"]
+    assert store.names("runs/none") == []
+
+
+def test_a_tree_goes_in_and_comes_back_whole(store, tmp_path):
+    source = tmp_path / "adapter"
+    (source / "nested").mkdir(parents=True)
+    (source / "adapter_model.safetensors").write_bytes(PDF * 300)  # several read blocks
+    (source / "nested" / "config.json").write_text("{}")
+    uri = blobstore.put_tree(store, source, "checkpoints/c1/adapter")
+    assert uri == store.uri("checkpoints/c1/adapter")
+    assert Path(urlparse(uri).path).is_dir()  # a file store's folder URI is the directory itself
+    copy = blobstore.get_tree(store, "checkpoints/c1/adapter", tmp_path / "copy")
+    assert files_under(copy) == [copy / "adapter_model.safetensors", copy / "nested/config.json"]
+    assert (copy / "adapter_model.safetensors").read_bytes() == PDF * 300
+    assert temp_files(store.root) == []
+
+
+def test_getting_a_missing_tree_is_blob_missing(store, tmp_path):
+    assert (
+        bad_input(blobstore.get_tree, store, "checkpoints/none", tmp_path).reason == "blob_missing"
+    )

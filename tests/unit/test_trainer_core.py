@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from services.trainer.core import (
     ALPACA_INPUT,
     IGNORE,
+    Backlog,
     Example,
     pack,
     packed_batch,
@@ -190,3 +191,18 @@ def test_the_bundled_recipes_load(tmp_path: Path) -> None:
     assert "lora.rnk: Extra inputs are not permitted" in message
     with pytest.raises(ValueError, match="cannot read the recipe"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+def test_a_run_is_due_after_enough_new_pairs_and_a_quiet_spell() -> None:
+    backlog = Backlog(min_new=3, idle_s=10)
+    for t in (0, 1):
+        backlog.arrived("a", now=t)
+    backlog.arrived("b", now=0, n=5)
+    assert backlog.due(now=30) == ["b"]  # a has 2 of 3
+    backlog.arrived("a", now=25)
+    assert backlog.due(now=34) == ["b"]  # a's last pair came 9 s ago
+    assert backlog.due(now=35) == ["a", "b"]
+    assert backlog.take("a") == 3 and backlog.new("a") == 0
+    assert backlog.due(now=100) == ["b"]
+    backlog.arrived("a", now=101)  # during a's training: counted for the next snapshot
+    assert backlog.new("a") == 1 and backlog.take("none") == 0

@@ -1,0 +1,354 @@
+"""Wiring: the worker loop stores pairs; a scheduler thread trains runs when they are due.
+
+`handle` stores each pair in the blob store (by pair_id, so a replay is no new pair) and only
+then lets the loop commit it. The scheduler takes a snapshot of a run when its backlog is due
+(`min_new_pairs` new, none for `idle_seconds`) or `distillery train --run` asks: the run's
+pairs curated (near-duplicates, split by document, contamination), the licence guard, then one
+training run in a child process (`python -m services.trainer.train`, or the configured
+launcher: torchrun for several GPUs), its progress read from the child's JSON lines. The
+adapter and what goes with it are stored, and a `checkpoints` message names them.
+
+A snapshot is trained once: its sha256 is the dataset's identity, recorded with what became
+of it. A trainer stopped mid-run (SIGTERM: the child checkpoints first; or killed) takes the
+same snapshot again when it restarts and resumes from the checkpoint in its work directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client import CollectorRegistry
+
+from pipeline import bus, logs, terms, topics
+from pipeline.blobstore import BlobStore, open_store, put_tree
+from pipeline.curation.dataset import CurationConfig, canonical_order, curate
+from pipeline.curation.snapshot import write_snapshot
+from pipeline.messages import Checkpoint, DatasetRef, Message, Pair, encode
+from pipeline.settings import load
+from pipeline.worker import Worker
+from services.trainer.config import TrainerSettings
+from services.trainer.core import Backlog
+from services.trainer.metrics import TrainerMetrics
+from services.trainer.recipe import Recipe, load_recipe
+from services.trainer.store import RunState, SnapshotOutcome, TrainerStore
+
+log = logging.getLogger("trainer")
+
+#: The child's exit status when it stopped on SIGTERM after saving a checkpoint.
+STOPPED = 3
+
+
+class Stopped(Exception):  # noqa: N818 - a state, not a failure
+    """The service is stopping; the run in hand resumes when it starts again."""
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        store: TrainerStore,
+        recipe: Recipe,
+        publish: Callable[[Message], None],
+        metrics: TrainerMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.recipe = recipe
+        self.publish = publish
+        self.metrics = metrics
+        self.clock = clock
+        self.backlog = Backlog(settings.min_new_pairs, settings.idle_seconds)
+        self.curation = CurationConfig(
+            fields=settings.near_duplicate_fields,
+            threshold=settings.near_duplicate_threshold,
+            eval_fraction=settings.eval_fraction,
+        )
+        self.rules = (
+            terms.load_rules(settings.terms_table) if settings.terms_table else terms.DEFAULT_RULES
+        )
+        self._stopping = threading.Event()
+        self._child: subprocess.Popen[str] | None = None
+
+    # --- the worker loop's side
+    def handle(self, pair: Pair) -> list[Message]:
+        if self.store.add(pair):
+            self.backlog.arrived(pair.run_id, self.clock())
+            self.metrics.pair_stored()
+        return []
+
+    # --- the scheduler's thread
+    def resume_backlog(self) -> None:
+        """Pairs stored beyond each run's last snapshot are new again (after a restart)."""
+        for run_id in self.store.runs():
+            new = self.store.count(run_id) - self.store.state(run_id).pairs_at_last
+            if new > 0:
+                self.backlog.arrived(run_id, self.clock(), new)
+                log.info("run %s: %d pairs not yet in a snapshot", run_id, new)
+
+    def loop(self) -> None:
+        self.resume_backlog()
+        while not self._stopping.wait(self.settings.poll_seconds):
+            try:
+                self.tick()
+            except Stopped:
+                return
+            except Exception:  # noqa: BLE001 - the blob store or broker: try again next tick
+                log.exception("scheduler tick failed; trying again")
+
+    def tick(self) -> None:
+        for request in self.store.requests():
+            state = self.store.state(request.run_id)
+            if request.id != state.request_id:
+                log.info("run %s: training requested (%s)", request.run_id, request.id)
+                outcome = self.train(request.run_id)
+                state = self.store.state(request.run_id)
+                state.request_id, state.request_outcome = request.id, outcome
+                self.store.save_state(request.run_id, state)
+        for run_id in self.backlog.due(self.clock()):
+            self.train(run_id)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()  # the child saves a checkpoint, then exits with STOPPED
+
+    # --- one snapshot
+    def train(self, run_id: str) -> SnapshotOutcome:
+        taken = self.backlog.take(run_id)
+        try:
+            return self._train(run_id)
+        except Stopped:
+            raise
+        except Exception:
+            # The store or the broker failed us, not the data: the same pairs come due again.
+            self.backlog.arrived(run_id, self.clock(), max(taken, 1))
+            raise
+
+    def _train(self, run_id: str) -> SnapshotOutcome:
+        pairs = self.store.pairs(run_id)
+        state = self.store.state(run_id)
+        state.pairs_at_last = len(pairs)
+        if not pairs:
+            return self._record(run_id, state, None, SnapshotOutcome(outcome="empty"))
+        curated = curate(canonical_order(pairs), self.curation)
+        problems = terms.violations(
+            (p.generator.terms for p in [*curated.train, *curated.eval]),
+            self.recipe.base_model,
+            self.rules,
+        )
+        notes = [f"Terms: {problem}." for problem in problems]
+        run_dir = self.settings.work_dir / run_id
+        staging = run_dir / "next-snapshot"
+        snapshot = write_snapshot(curated, staging, name=f"Distillery run {run_id}", notes=notes,
+                                  extra={"run_id": run_id})  # fmt: skip
+        work = run_dir / snapshot.id
+        if not (work / "snapshot").exists():
+            work.mkdir(parents=True, exist_ok=True)
+            staging.rename(work / "snapshot")
+        shutil.rmtree(staging, ignore_errors=True)
+        if snapshot.sha256 in state.snapshots:
+            done = state.snapshots[snapshot.sha256]
+            log.info("run %s: %s already %s", run_id, snapshot.id, done.outcome)
+            self.store.save_state(run_id, state)
+            return done
+        if problems and self.settings.on_terms_violation == "refuse":
+            reason = "; ".join(problems)
+            log.error("run %s: %s refused: %s", run_id, snapshot.id, reason)
+            outcome = SnapshotOutcome(outcome="refused", reason=reason)
+            return self._record(run_id, state, snapshot.sha256, outcome)
+        for problem in problems:
+            log.warning("run %s: training anyway (TRAINER_ON_TERMS_VIOLATION=warn): %s",
+                        run_id, problem)  # fmt: skip
+        if snapshot.train_n == 0:
+            outcome = SnapshotOutcome(outcome="empty", reason="no training pair after curation")
+            return self._record(run_id, state, snapshot.sha256, outcome)
+
+        blobs = self.store.blobs
+        dataset_name = f"datasets/{run_id}/{snapshot.id}"
+        dataset_uri = put_tree(blobs, work / "snapshot", dataset_name)
+        checkpoint_id = _checkpoint_id(snapshot.sha256, self.recipe)
+        result = self._run_child(run_id, checkpoint_id, work)
+        if isinstance(result, str):
+            outcome = SnapshotOutcome(outcome="failed", reason=result)
+            return self._record(run_id, state, snapshot.sha256, outcome)
+
+        name = f"checkpoints/{checkpoint_id}"
+        adapter_uri = put_tree(blobs, work / "run" / "adapter", f"{name}/adapter")
+        state_uri = blobs.put_file_as(f"{name}/trainer_state.json",
+                                      work / "run" / "trainer_state.json")  # fmt: skip
+        self.publish(
+            Checkpoint(
+                checkpoint_id=checkpoint_id,
+                run_id=run_id,
+                base_model=self.recipe.base_model,
+                method=self.recipe.method,
+                adapter_uri=adapter_uri,
+                dataset=DatasetRef(
+                    id=snapshot.id,
+                    sha256=snapshot.sha256,
+                    train_n=snapshot.train_n,
+                    eval_n=snapshot.eval_n,
+                    uri=dataset_uri,
+                ),  # fmt: skip
+                hyperparameters=hyperparameters(self.recipe),
+                metrics=_metrics(result, len(problems)),
+                artifacts={
+                    "tokenizer": adapter_uri,
+                    "recipe": f"{adapter_uri}/recipe.yaml",
+                    "trainer_state": state_uri,
+                    "dataset_card": f"{dataset_uri}/README.md",
+                },
+            )
+        )
+        log.info("run %s: %s trained on %s: %s", run_id, checkpoint_id, snapshot.id, adapter_uri)
+        outcome = SnapshotOutcome(outcome="trained", checkpoint_id=checkpoint_id,
+                                  adapter_uri=adapter_uri)  # fmt: skip
+        return self._record(run_id, state, snapshot.sha256, outcome)
+
+    def _record(
+        self, run_id: str, state: RunState, sha256: str | None, outcome: SnapshotOutcome
+    ) -> SnapshotOutcome:
+        if sha256 is not None:
+            state.snapshots[sha256] = outcome
+        self.store.save_state(run_id, state)
+        self.metrics.snapshot(outcome.outcome)
+        return outcome
+
+    def _run_child(self, run_id: str, checkpoint_id: str, work: Path) -> dict[str, Any] | str:
+        """Train in a child process; its result, or why it failed. Raises Stopped when the
+        service is stopping (the child has saved a checkpoint to resume from)."""
+        recipe_file = work / "recipe.yaml"
+        recipe_file.write_text(yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False))
+        launcher = (
+            shlex.split(self.settings.launcher) if self.settings.launcher else [sys.executable]
+        )
+        argv = [*launcher, "-m", "services.trainer.train",
+                str(work / "snapshot"), str(recipe_file), str(work / "run")]  # fmt: skip
+        stderr = work / "train.log"
+        progress = {"checkpoint_id": checkpoint_id, "status": "starting"}
+        self.store.save_progress(run_id, progress)
+        with open(stderr, "ab") as err:
+            self._child = subprocess.Popen(  # noqa: S603 - our own module, our settings
+                argv, stdout=subprocess.PIPE, stderr=err, text=True
+            )
+            assert self._child.stdout is not None  # noqa: S101 - asked for just above
+            result: dict[str, Any] | None = None
+            for line in self._child.stdout:
+                event = _event(line)
+                if event.get("event") == "progress":
+                    self._progress(run_id, progress | event | {"status": "training"})
+                elif event.get("event") == "done":
+                    result = event
+            code = self._child.wait()
+            self._child = None
+        if code == STOPPED or self._stopping.is_set():
+            self.store.save_progress(run_id, progress | {"status": "stopped"})
+            raise Stopped
+        if code != 0 or result is None:
+            tail = stderr.read_text(errors="replace").strip().splitlines()[-5:]
+            self.store.save_progress(run_id, progress | {"status": "failed"})
+            log.error("run %s: training failed (exit %s): %s", run_id, code, " | ".join(tail))
+            return f"training exited with status {code}: {tail[-1] if tail else 'no output'}"
+        self.store.save_progress(run_id, progress | {"status": "done", **_metrics(result, 0)})
+        return result
+
+    def _progress(self, run_id: str, event: dict[str, Any]) -> None:
+        self.metrics.step.set(event["step"])
+        self.metrics.total_steps.set(event["total_steps"])
+        self.metrics.loss.set(event["loss"])
+        self.metrics.tokens_per_s.set(event["tokens_per_s"])
+        self.metrics.eta_s.set(event["eta_s"])
+        log.info(
+            "run %s: step %d/%d loss %.4f %.0f tokens/s ETA %.0fs",
+            run_id, event["step"], event["total_steps"], event["loss"],
+            event["tokens_per_s"], event["eta_s"],
+        )  # fmt: skip
+        self.store.save_progress(run_id, event)
+
+
+def _event(line: str) -> dict[str, Any]:
+    """A JSON event line of the child; anything else it prints (libraries do) is ignored."""
+    if not line.startswith('{"event"'):
+        return {}
+    try:
+        found: dict[str, Any] = json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+    return found
+
+
+def _checkpoint_id(dataset_sha256: str, recipe: Recipe) -> str:
+    """Deterministic: the same dataset trained by the same recipe is the same checkpoint."""
+    digest = hashlib.sha256(dataset_sha256.encode())
+    digest.update(recipe.model_dump_json().encode())
+    return f"ckpt-{digest.hexdigest()[:16]}"
+
+
+def hyperparameters(recipe: Recipe) -> dict[str, str | int | float | bool | None]:
+    """The recipe flattened (lora.rank, optim.lr, ...), as the checkpoint message carries it."""
+    flat: dict[str, str | int | float | bool | None] = {}
+    for key, value in recipe.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            for inner, item in value.items():
+                flat[f"{key}.{inner}"] = ",".join(item) if isinstance(item, list) else item
+        else:
+            flat[key] = value
+    return flat
+
+
+def _metrics(result: dict[str, Any], terms_violations: int) -> dict[str, float]:
+    names = ("train_loss", "eval_loss_before", "eval_loss_after", "steps", "train_examples",
+             "dropped_too_long", "tokens", "tokens_per_s", "seconds")  # fmt: skip
+    found = {name: float(result[name]) for name in names if result.get(name) is not None}
+    if terms_violations:
+        found["terms_violations"] = float(terms_violations)
+    return found
+
+
+def _publisher(settings: TrainerSettings) -> tuple[Callable[[Message], None], Callable[[], None]]:
+    """Send one message and wait for its acknowledgement (acks=all); and a closer."""
+    producer = bus.producer(settings.kafka)
+
+    def publish(message: Message) -> None:
+        producer.send(topics.CHECKPOINTS, key=message.key(), value=encode(message)).get(60)
+
+    return publish, producer.close
+
+
+def main() -> None:
+    settings = load(TrainerSettings)
+    logs.configure(settings.service_name, settings.log_level)
+    try:
+        recipe = load_recipe(Path(settings.recipe))
+    except ValueError as exc:
+        raise SystemExit(f"trainer: TRAINER_RECIPE: {exc}") from None
+    if settings.base_model:
+        recipe = recipe.model_copy(update={"base_model": settings.base_model})
+    registry = CollectorRegistry()
+    metrics = TrainerMetrics(settings.service_name, registry)
+    blobs: BlobStore = open_store(settings.blobs)
+    publish, close = _publisher(settings)
+    scheduler = Scheduler(settings, TrainerStore(blobs), recipe, publish, metrics)
+    worker = Worker(settings, Pair, scheduler.handle, registry=registry)
+    thread = threading.Thread(target=scheduler.loop, name="scheduler", daemon=True)
+    thread.start()
+    try:
+        worker.run()  # until SIGTERM
+    finally:
+        scheduler.stop()
+        thread.join()
+        close()
