@@ -28,6 +28,7 @@ from pipeline.cli_common import (
 )
 from pipeline.cli_curate import curate
 from pipeline.cli_scrape import scrape, submit
+from pipeline.cli_train import train
 from pipeline.embedded import (
     SERVICES,
     ServiceSpec,
@@ -42,6 +43,7 @@ from pipeline.settings import KafkaSettings
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(scrape, name="scrape")
 app.command()(curate)
+app.command()(train)
 
 
 def _parse_replicas(values: list[str]) -> dict[str, int]:

@@ -314,6 +314,8 @@ def _metrics(result: dict[str, Any], terms_violations: int) -> dict[str, float]:
     names = ("train_loss", "eval_loss_before", "eval_loss_after", "steps", "train_examples",
              "dropped_too_long", "tokens", "tokens_per_s", "seconds")  # fmt: skip
     found = {name: float(result[name]) for name in names if result.get(name) is not None}
+    if result.get("resumed_from") is not None:
+        found["resumed_from_step"] = float(result["resumed_from"])
     if terms_violations:
         found["terms_violations"] = float(terms_violations)
     return found
