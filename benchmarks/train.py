@@ -1,6 +1,6 @@
 """Training throughput with the trainer's packing vs plain padding, on the lengths of real pairs.
 
-    python -m benchmarks.train      # BENCH_TRAIN_N=2000, BENCH_TRAIN_REPEATS=3, BENCH_THREADS=cpus
+    python -m benchmarks.train      # BENCH_TRAIN_N=600, BENCH_TRAIN_REPEATS=2, BENCH_THREADS=cpus
 
 A fixed-seed sample of BENCH_TRAIN_N Alpaca 52K records, in the Alpaca prompt format, tokenised
 with the Llama-2 tokenizer by the trainer's own `encode` (max_seq_len 512, answer-only labels):
@@ -41,14 +41,14 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from services.trainer.core import Example, padded_batch
 from services.trainer.recipe import Recipe
-from services.trainer.train import Collator, _lora, encode, rows_dataset
+from services.trainer.train import Collator, encode, lora_config, rows_dataset
 
 SHARED = Path(os.environ.get("DISTILLERY_TEST_DATA", "../shared"))
 DATA = SHARED / "data" / "instructions" / "alpaca" / "alpaca_data.json"
 TOKENIZER = SHARED / "models" / "llama2-tokenizer"
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-N = int(os.environ.get("BENCH_TRAIN_N", 64 if QUICK else 2000))
-REPEATS = int(os.environ.get("BENCH_TRAIN_REPEATS", 1 if QUICK else 3))
+N = int(os.environ.get("BENCH_TRAIN_N", 64 if QUICK else 600))
+REPEATS = int(os.environ.get("BENCH_TRAIN_REPEATS", 1 if QUICK else 2))
 THREADS = int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1))
 BATCH = 8  # padded examples per step, as in the bundled recipes (4-8)
 SEED = 42
@@ -66,7 +66,7 @@ def measure(mode: str, examples: list[Example], pad_id: int, rows_per_batch: int
     """One mode over every example once, in this (fresh) process: tokens, seconds, its peak."""
     torch.set_num_threads(THREADS)
     torch.manual_seed(SEED)
-    model = get_peft_model(LlamaForCausalLM(MODEL), _lora(RECIPE))
+    model = get_peft_model(LlamaForCausalLM(MODEL), lora_config(RECIPE))
     model.train()
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=RECIPE.optim.lr

@@ -28,7 +28,7 @@ from pipeline.cli_common import (
 )
 from pipeline.cli_curate import curate
 from pipeline.cli_scrape import scrape, submit
-from pipeline.cli_train import train
+from pipeline.cli_train import request_training, train
 from pipeline.embedded import (
     SERVICES,
     ServiceSpec,
@@ -37,7 +37,7 @@ from pipeline.embedded import (
     available_services,
     pid_alive,
 )
-from pipeline.messages import DlqRecord, FolderSource, Pair, RawDoc, decode
+from pipeline.messages import Checkpoint, DlqRecord, FolderSource, Pair, RawDoc, decode
 from pipeline.settings import KafkaSettings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -260,10 +260,14 @@ def _print_record(record: object) -> None:
 def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
     """Run the pipeline on the embedded stack over a sample corpus and report every stage."""
     corpus = _demo_corpus()
+    model = Path(os.environ.get("DISTILLERY_TEST_DATA", "../shared")) / "models" / "stories260K"
+    if model.is_dir():  # the trainer's base model, unless one is chosen
+        os.environ.setdefault("DISTILLERY_BASE_MODEL", str(model.resolve()))
     up(home=home)
     try:
         console.print(f"[bold]1. scrape[/bold] the folder {corpus}")
-        submit(FolderSource(path=str(corpus)), None, True, "scraper", home, timeout_s=600)
+        run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+        submit(FolderSource(path=str(corpus)), run_id, True, "scraper", home, timeout_s=600)
         running = set(available_services())
         if "extractor" in running:
             console.print(f"[bold]2. extract[/bold] {topics.RAW_DOCS} → {topics.PARSED_TEXT}")
@@ -291,7 +295,8 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
                 console.print(
                     f"  e.g. [{sample.task}] {sample.instruction} → {sample.output}", soft_wrap=True
                 )
-                _demo_dataset(pairs, home / "dataset")
+        if "trainer" in running:
+            _demo_train(run_id, home)
         table = Table("stage", "topic in", "service", "state")
         for service, topic in zip(SERVICES, topics.PIPELINE, strict=True):
             state = (
@@ -304,33 +309,41 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
         if missing:
             console.print(
                 "[yellow]Honest summary:[/yellow] the documents are scraped, extracted into "
-                f"chunks, made into instruction pairs on {topics.PAIRS} and curated into a "
-                "dataset; "
-                f"{', '.join(missing)} are not built yet, so no adapter, report or gRPC answer "
-                "were produced."
+                f"chunks, made into instruction pairs on {topics.PAIRS}, curated into a "
+                "dataset and trained into a LoRA adapter announced on "
+                f"{topics.CHECKPOINTS}; {', '.join(missing)} are not built yet, so no "
+                "evaluation report or gRPC answer were produced."
             )
     finally:
         down(home=home)
 
 
-def _demo_dataset(pairs: list[Pair], directory: Path) -> None:
-    """Stage 4 while the trainer is not built: the snapshot it will train on."""
-    from pipeline.curation.dataset import CurationConfig, canonical_order, curate
-    from pipeline.curation.snapshot import write_snapshot
-
+def _demo_train(run_id: str, home: Path) -> None:
+    """Stage 4: the trainer curates the run's pairs into a snapshot and trains an adapter."""
     console.print(
-        "[bold]4. curate[/bold] the pairs into a dataset (duplicates, ROUGE-L near-duplicates, "
-        "split by document, contamination check)"
+        f"[bold]4. train[/bold] {topics.PAIRS} → {topics.CHECKPOINTS}: the run's pairs curated "
+        "(duplicates, ROUGE-L near-duplicates, split by document, contamination check) and "
+        "trained with LoRA on CPU"
     )
-    curated = curate(canonical_order(pairs), CurationConfig())
-    snapshot = write_snapshot(curated, directory, name="Distillery demo dataset")
-    drops = ", ".join(f"{name} {n}" for name, n in curated.drop_counts().items())
-    console.print(
-        f"  {snapshot.id}: {snapshot.train_n} train, {snapshot.eval_n} eval pairs from "
-        f"{len(curated.eval_docs)} held-out documents; dropped: {drops}; card "
-        f"{directory / 'README.md'}",
-        soft_wrap=True,
-    )
+    settings = kafka_settings(home.resolve())
+    _drain(settings, "trainer", topics.PAIRS, timeout_s=600)
+    request_training(run_id, wait=True, timeout_s=1800, home=home)
+    for record in read_all(settings, topics.CHECKPOINTS):
+        checkpoint = decode(Checkpoint, record.value)
+        if checkpoint.run_id != run_id:
+            continue
+        dataset, metrics = checkpoint.dataset, checkpoint.metrics
+        console.print(
+            f"  dataset {dataset.id}: {dataset.train_n} train, {dataset.eval_n} eval pairs; "
+            f"card {dataset.uri}/README.md",
+            soft_wrap=True,
+        )
+        console.print(
+            f"  {checkpoint.method} on {checkpoint.base_model}: {metrics['steps']:.0f} steps, "
+            f"held-out loss {metrics['eval_loss_before']:.3f} → {metrics['eval_loss_after']:.3f}"
+            f" per answer token",
+            soft_wrap=True,
+        )
 
 
 def _drain(settings: KafkaSettings, group: str, topic: str, timeout_s: float) -> None:

@@ -46,7 +46,7 @@ def train(
     if (snapshot is None) == (run is None):
         raise fail("give a SNAPSHOT directory to train here, or --run RUN for the service")
     if run is not None:
-        _request(run, wait, timeout, home)
+        request_training(run, wait=wait, timeout_s=timeout, home=home)
         return
     assert snapshot is not None  # noqa: S101 - one of the two, checked above
     if out is None:
@@ -93,7 +93,8 @@ def _local(snapshot: Path, recipe_name: str, out: Path, base_model: str | None) 
     console.print(f"adapter: {result.adapter_dir}")
 
 
-def _request(run_id: str, wait: bool, timeout_s: float, home: Path) -> None:
+def request_training(run_id: str, *, wait: bool, timeout_s: float, home: Path) -> None:
+    """Ask the trainer service to train `run_id` now; with `wait`, follow it to the end."""
     from services.trainer.store import Request, TrainerStore  # the trainer's blob layout
 
     store = TrainerStore(_blob_store(home))

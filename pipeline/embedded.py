@@ -268,6 +268,7 @@ class Supervisor:
             **os.environ,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "BLOB_STORE_URI": self.blob_store,
+            "DISTILLERY_HOME": str(self.home),  # where a service keeps local state (trainer)
             f"{replica.spec.name.upper()}_METRICS_PORT": str(replica.metrics_port),
             "PYTHONPATH": os.pathsep.join(
                 filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])

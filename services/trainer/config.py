@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -45,8 +46,10 @@ class TrainerSettings(ServiceSettings):
     eval_fraction: float = Field(0.1, ge=0, lt=1)
 
     #: Local scratch: snapshots, checkpoints to resume from. A persistent volume in k8s, so a
-    #: restarted trainer goes on from its last checkpoint.
-    work_dir: Path = Path(".distillery/trainer")
+    #: restarted trainer goes on from its last checkpoint. Default: $DISTILLERY_HOME/trainer.
+    work_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("DISTILLERY_HOME", ".distillery")) / "trainer"
+    )
     #: What runs `-m services.trainer.train ...`: the Python interpreter by default, or a
     #: multi-GPU launcher such as "torchrun --nproc-per-node 4".
     launcher: str | None = None

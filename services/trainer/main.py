@@ -153,6 +153,7 @@ class Scheduler:
         notes = [f"Terms: {problem}." for problem in problems]
         run_dir = self.settings.work_dir / run_id
         staging = run_dir / "next-snapshot"
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed trainer left half-written
         snapshot = write_snapshot(curated, staging, name=f"Distillery run {run_id}", notes=notes,
                                   extra={"run_id": run_id})  # fmt: skip
         work = run_dir / snapshot.id

@@ -233,7 +233,7 @@ def run(
         train_dataset=dataset,
         data_collator=collator,
         processing_class=tokenizer,
-        peft_config=_lora(recipe),
+        peft_config=lora_config(recipe),
         callbacks=[watch],
     )
     trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout; _Watch reports
@@ -315,7 +315,7 @@ def _load_model(recipe: Recipe) -> Any:
     )
 
 
-def _lora(recipe: Recipe) -> LoraConfig | None:
+def lora_config(recipe: Recipe) -> LoraConfig | None:
     if recipe.method == "full":
         return None
     lora = recipe.lora
