@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from pipeline.blobstore import BlobStore, open_store
 from pipeline.cli_common import DEFAULT_HOME, HomeOption, console, fail
 from pipeline.embedded import StackState
+from pipeline.errors import BadInput
 from pipeline.settings import BlobSettings
 
 
@@ -24,14 +25,18 @@ def train(
         typer.Argument(help="A curated snapshot directory (`distillery curate`) to train here."),
     ] = None,
     recipe: Annotated[
-        str, typer.Option(help="A recipe file or a bundled recipe's name.")
-    ] = "stories260k-lora",
+        str | None,
+        typer.Option(help="A recipe file or a bundled recipe's name [default: stories260k-lora]."),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Where the adapter and checkpoints go (resumes there).")
     ] = None,
     base_model: Annotated[
         str | None,
-        typer.Option(envvar="DISTILLERY_BASE_MODEL", help="Replaces the recipe's base model."),
+        typer.Option(
+            envvar="DISTILLERY_BASE_MODEL",
+            help="Replaces the recipe's base model (with --run the service's settings decide).",
+        ),
     ] = None,
     run: Annotated[
         str | None, typer.Option(help="Ask the trainer service to train this run now.")
@@ -46,6 +51,8 @@ def train(
     if (snapshot is None) == (run is None):
         raise fail("give a SNAPSHOT directory to train here, or --run RUN for the service")
     if run is not None:
+        if recipe or out:
+            raise fail("with --run the trainer service's recipe decides; drop --recipe and --out")
         request_training(run, wait=wait, timeout_s=timeout, home=home)
         return
     assert snapshot is not None  # noqa: S101 - one of the two, checked above
@@ -53,7 +60,7 @@ def train(
         raise fail("training a snapshot here needs --out DIR")
     if not (snapshot / "manifest.json").is_file():
         raise fail(f"{snapshot} is not a snapshot (no manifest.json): see `distillery curate`")
-    _local(snapshot, recipe, out, base_model)
+    _local(snapshot, recipe or "stories260k-lora", out, base_model)
 
 
 def _local(snapshot: Path, recipe_name: str, out: Path, base_model: str | None) -> None:
@@ -82,7 +89,7 @@ def _local(snapshot: Path, recipe_name: str, out: Path, base_model: str | None) 
             result = run(recipe, snapshot, out, progress=show)
         except Interrupted as exc:
             raise fail(f"{exc}: run the same command again to resume") from None
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:  # a snapshot that fits nothing; no such model
             raise fail(str(exc)) from None
     before, after = result.eval_loss_before, result.eval_loss_after
     console.print(
@@ -95,10 +102,13 @@ def _local(snapshot: Path, recipe_name: str, out: Path, base_model: str | None) 
 
 def request_training(run_id: str, *, wait: bool, timeout_s: float, home: Path) -> None:
     """Ask the trainer service to train `run_id` now; with `wait`, follow it to the end."""
-    from services.trainer.store import Request, TrainerStore  # the trainer's blob layout
+    from services.trainer.store import Request, TrainerStore, check_run_id  # the blob layout
 
     store = TrainerStore(_blob_store(home))
-    request = Request(id=uuid.uuid4().hex, run_id=run_id)
+    try:
+        request = Request(id=uuid.uuid4().hex, run_id=check_run_id(run_id))
+    except BadInput as exc:
+        raise fail(str(exc)) from None
     store.request(request)
     console.print(f"asked the trainer to train run {run_id} ({store.count(run_id)} pairs stored)")
     if not wait:

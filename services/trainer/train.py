@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -237,21 +238,22 @@ def run(
         callbacks=[watch],
     )
     trainer.remove_callback(PrinterCallback)  # it prints dicts to stdout; _Watch reports
-    checkpoint = last_checkpoint(output / "checkpoints")
+    checkpoint = last_checkpoint(output / "checkpoints", tidy=trainer.is_world_process_zero())
     outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if watch.stopped and outcome.global_step < trainer.state.max_steps:
         raise Interrupted(outcome.global_step)
     seconds = time.monotonic() - watch.started
 
-    # --- save
+    # --- save (one process writes, under torchrun too)
     adapter = output / "adapter"
     tuned: Any = trainer.model  # a PeftModel: save_pretrained writes the adapter alone
-    tuned.save_pretrained(adapter)
-    tokenizer.save_pretrained(adapter)
-    (adapter / "recipe.yaml").write_text(
-        yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-    )
-    trainer.state.save_to_json(str(output / "trainer_state.json"))
+    if trainer.is_world_process_zero():
+        tuned.save_pretrained(adapter)
+        tokenizer.save_pretrained(adapter)
+        (adapter / "recipe.yaml").write_text(
+            yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+        )
+        trainer.state.save_to_json(str(output / "trainer_state.json"))
     after = held_out_loss(tuned, held_out, pad_id) if held_out else None
     return RunResult(
         adapter_dir=adapter,
@@ -268,15 +270,24 @@ def run(
     )
 
 
-def last_checkpoint(directory: Path) -> Path | None:
-    """The newest complete checkpoint; ones cut short by a kill are removed."""
+def last_checkpoint(directory: Path, *, tidy: bool = True) -> Path | None:
+    """The newest complete checkpoint; with `tidy` (one process of several does it), ones
+    cut short by a kill are removed."""
     complete = []
     for path in directory.glob("checkpoint-*"):
-        if (path / _COMPLETE).exists():
+        if _complete(path):
             complete.append(path)
-        else:
+        elif tidy:
             shutil.rmtree(path)
     return max(complete, key=_step, default=None)
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / _COMPLETE).read_text())
+    except (OSError, ValueError):  # missing, or cut short while being written
+        return False
+    return True
 
 
 def _step(checkpoint: Path) -> int:
@@ -326,7 +337,9 @@ def lora_config(recipe: Recipe) -> LoraConfig | None:
 
 
 def _arguments(recipe: Recipe, output: Path, rows: int) -> SFTConfig:
-    steps_per_epoch = math.ceil(rows / recipe.batch_size / recipe.grad_accum)
+    # Under torchrun each of WORLD_SIZE processes takes its share of every batch of rows.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = math.ceil(rows / recipe.batch_size / recipe.grad_accum / world)
     total = recipe.max_steps or math.ceil(steps_per_epoch * (recipe.epochs or 1))
     return SFTConfig(
         output_dir=str(output / "checkpoints"),
@@ -393,8 +406,9 @@ def main(argv: list[str] | None = None) -> None:
     except Interrupted as exc:
         emit("interrupted", {"step": exc.step})
         sys.exit(3)
-    (args.output / "result.json").write_text(json.dumps(asdict(result), default=str, indent=2))
-    emit("done", asdict(result))
+    if int(os.environ.get("RANK", "0")) == 0:  # one process reports, under torchrun too
+        (args.output / "result.json").write_text(json.dumps(asdict(result), default=str, indent=2))
+        emit("done", asdict(result))
 
 
 if __name__ == "__main__":

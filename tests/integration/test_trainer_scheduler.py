@@ -15,10 +15,11 @@ from transformers import AutoModelForCausalLM
 from pipeline.blobstore import FileBlobStore
 from pipeline.curation.dataset import CurationConfig, canonical_order, curate
 from pipeline.curation.snapshot import content_hash
+from pipeline.errors import BadInput, Retryable
 from pipeline.messages import Checkpoint, Message, Pair
 from pipeline.settings import KafkaSettings
 from services.trainer.config import TrainerSettings
-from services.trainer.main import Scheduler
+from services.trainer.main import Interrupted, Scheduler
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.recipe import Recipe, load_recipe
 from services.trainer.store import Request, TrainerStore
@@ -119,6 +120,10 @@ def test_a_due_run_is_curated_trained_stored_and_announced(
     PeftModel.from_pretrained(base, adapter_dir)
     for uri in [*checkpoint.artifacts.values()]:
         assert Path(uri.removeprefix("file://")).exists(), uri
+    assert (
+        Path(checkpoint.artifacts["tokenizer"].removeprefix("file://")) / "tokenizer.json"
+    ).exists()
+    assert not (tmp_path / "work" / "run-papers" / checkpoint.checkpoint_id).exists()  # tidied
     assert yaml.safe_load(rig.blobs.get(checkpoint.artifacts["recipe"]))["max_steps"] == 12
     card = rig.blobs.get(checkpoint.artifacts["dataset_card"]).decode()
     assert checkpoint.dataset.sha256 in card
@@ -133,6 +138,10 @@ def test_a_due_run_is_curated_trained_stored_and_announced(
 
     # Replays are no new pairs; a request for the same pairs finds the snapshot trained.
     rig.feed(papers)
+    assert rig.scheduler.backlog.new("run-papers") == 0
+    assert rig.metric("trainer_pairs_stored_total") == len(
+        {(p.pair_id, p.chunk_id) for p in papers}
+    )
     rig.clock.now += 1000
     rig.scheduler.tick()
     rig.store.request(Request(id="r1", run_id="run-papers"))
@@ -180,6 +189,11 @@ def test_pairs_whose_terms_forbid_the_base_model_are_refused(
     assert "stories260K" in state.request_outcome.reason
     assert rig.metric("trainer_snapshots_total", outcome="refused") == 1
     assert not (tmp_path / "work" / "run-llama" / "next-snapshot").exists()
+    # With the policy changed to warn, the refused snapshot is trained after all.
+    rig.scheduler.settings = rig.settings.model_copy(update={"on_terms_violation": "warn"})
+    rig.store.request(Request(id="r2", run_id="run-llama"))
+    rig.scheduler.tick()
+    assert len(rig.checkpoints()) == 1
 
 
 def test_with_warn_such_pairs_train_and_the_card_says_so(
@@ -195,7 +209,7 @@ def test_with_warn_such_pairs_train_and_the_card_says_so(
     assert "Terms: Meta Llama 3 Community License (llama3)" in card
 
 
-def test_a_failed_training_is_recorded_and_not_retried(
+def test_a_failed_training_is_recorded_and_retried_only_when_asked(
     papers: list[Pair], test_data: Path, tmp_path: Path
 ) -> None:
     broken = recipe_for(test_data).model_copy(update={"base_model": str(tmp_path / "no-model")})
@@ -204,9 +218,68 @@ def test_a_failed_training_is_recorded_and_not_retried(
     rig.clock.now += 30
     rig.scheduler.tick()
     state = rig.store.state("run-papers")
-    [outcome] = state.snapshots.values()
+    [outcome] = state.outcomes.values()
     assert outcome.outcome == "failed" and "exited with status 1" in outcome.reason
+    assert state.in_progress is None
     assert rig.metric("trainer_snapshots_total", outcome="failed") == 1
+    rig.feed(papers[:120])  # replays: no new pair, so nothing comes due
     rig.clock.now += 1000
-    rig.scheduler.tick()  # nothing new: the same snapshot is not tried again
+    rig.scheduler.tick()
     assert rig.metric("trainer_snapshots_total", outcome="failed") == 1
+    rig.store.request(Request(id="again", run_id="run-papers"))  # asked: tried again
+    rig.scheduler.tick()
+    assert rig.metric("trainer_snapshots_total", outcome="failed") == 2
+
+
+def test_a_run_cut_short_resumes_its_snapshot_before_newer_pairs(
+    papers: list[Pair], test_data: Path, tmp_path: Path
+) -> None:
+    """The child killed from outside (here by its launcher, with SIGKILL), then the trainer
+    restarted while more pairs came in: the snapshot in training is finished first, from its
+    own pairs; the newer pairs wait for the next one."""
+    first = Rig(tmp_path, recipe_for(test_data), launcher="sh -c 'kill -KILL $$' sh")
+    first.feed(papers[:150])
+    first.clock.now += 30
+    with pytest.raises(Interrupted, match="ended by a signal"):
+        first.scheduler.tick()
+    in_training = first.store.state("run-papers").in_progress
+    assert in_training is not None and first.checkpoints() == []
+    first.clock.now += 30
+    with pytest.raises(Interrupted):
+        first.scheduler.tick()  # came due again, and resumed the same snapshot
+    first.feed(papers[150:200])
+
+    second = Rig(tmp_path, recipe_for(test_data))
+    second.scheduler.resume_backlog()
+    assert second.scheduler.backlog.new("run-papers") == 50
+    second.scheduler.tick()
+    [checkpoint] = second.checkpoints()
+    assert checkpoint.checkpoint_id == in_training.checkpoint_id
+    assert checkpoint.dataset.sha256 == in_training.sha256
+    assert second.scheduler.backlog.new("run-papers") == 50  # not in that snapshot
+    assert second.store.state("run-papers").in_progress is None
+
+
+@pytest.mark.parametrize("run_id", ["/etc/x", "team/exp1", "..", "a b", ""])
+def test_run_ids_that_are_not_one_path_segment_are_refused(
+    papers: list[Pair], test_data: Path, tmp_path: Path, run_id: str
+) -> None:
+    rig = Rig(tmp_path, recipe_for(test_data))
+    pair = papers[0].model_construct(**(papers[0].__dict__ | {"run_id": run_id}))
+    with pytest.raises(BadInput, match="the trainer takes letters"):
+        rig.scheduler.handle(pair)
+    assert rig.blobs.names("trainer") == []
+
+
+def test_a_store_that_fails_makes_the_pair_retried_not_dropped(
+    papers: list[Pair], test_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = Rig(tmp_path, recipe_for(test_data))
+
+    def down(name: str, data: bytes) -> str:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(rig.blobs, "put_as", down)
+    with pytest.raises(Retryable, match="could not store the pair: connection refused"):
+        rig.scheduler.handle(papers[0])
+    assert rig.scheduler.backlog.new("run-papers") == 0

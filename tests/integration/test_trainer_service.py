@@ -72,7 +72,7 @@ def test_a_requested_run_survives_a_restart_mid_training(
         assert not list(work.glob("*/*/run/adapter")), "stopped too late: training had finished"
         assert (
             '"status": "stopped"'
-            in (tmp_path / "blobs" / "trainer" / run_id / "progress.json").read_text()
+            in (tmp_path / "blobs" / "trainer" / "runs" / run_id / "progress.json").read_text()
         )
 
         # Started again: the request is still open, the same snapshot resumes.
