@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.curation.dataset import CurationConfig, canonical_order, curate
 from pipeline.curation.snapshot import write_snapshot
-from services.trainer.recipe import Recipe, load_recipe
+from services.trainer.recipe import load_recipe
 from services.trainer.train import (
     Progress,
     RunResult,
@@ -31,6 +31,7 @@ from services.trainer.train import (
     run,
 )
 from tests.support.pairs import paper_pairs
+from tests.support.trainer import stories_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -45,21 +46,13 @@ def snapshot(test_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def _recipe(test_data: Path, **update: object) -> Recipe:
-    bundled = load_recipe(Path("stories260k-lora")).model_dump()
-    return Recipe.model_validate(
-        bundled | {"base_model": str(test_data / "models" / "stories260K"), "epochs": None,
-                   "max_steps": 60, **update}
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def trained(
     test_data: Path, snapshot: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[RunResult, Path, list[Progress]]:
     seen: list[Progress] = []
     output = tmp_path_factory.mktemp("run")
-    return run(_recipe(test_data), snapshot, output, progress=seen.append), snapshot, seen
+    return run(stories_recipe(test_data), snapshot, output, progress=seen.append), snapshot, seen
 
 
 def test_lora_lowers_the_loss_on_unseen_documents(
@@ -93,7 +86,7 @@ def test_the_saved_adapter_reloads_to_the_same_model(
 
 
 def test_qlora_trains_a_4bit_model_on_cpu(test_data: Path, snapshot: Path, tmp_path: Path) -> None:
-    recipe = _recipe(test_data, method="qlora", max_steps=30)
+    recipe = stories_recipe(test_data, method="qlora", max_steps=30)
     result = run(recipe, snapshot, tmp_path)
     assert result.steps == 30
     assert result.eval_loss_before is not None and result.eval_loss_after is not None
@@ -106,7 +99,7 @@ def test_qlora_trains_a_4bit_model_on_cpu(test_data: Path, snapshot: Path, tmp_p
 def test_full_fine_tuning_saves_a_whole_model(
     test_data: Path, snapshot: Path, tmp_path: Path
 ) -> None:
-    recipe = _recipe(test_data, method="full", max_steps=30,
+    recipe = stories_recipe(test_data, method="full", max_steps=30,
                      optim={"lr": 1e-3, "schedule": "cosine", "warmup_ratio": 0.05})  # fmt: skip
     result = run(recipe, snapshot, tmp_path)
     assert result.eval_loss_before is not None and result.eval_loss_after is not None
@@ -142,7 +135,7 @@ def test_a_run_killed_with_sigkill_resumes_where_it_stopped(
     scheduler, RNG and data position all restored)."""
     uninterrupted, snapshot, _ = trained
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(_recipe(test_data).model_dump(mode="json")))
+    recipe.write_text(yaml.safe_dump(stories_recipe(test_data).model_dump(mode="json")))
     output = tmp_path / "run"
     first = _train_process(snapshot, recipe, output)
     checkpoints = output / "checkpoints"

@@ -21,27 +21,17 @@ from pipeline.settings import KafkaSettings
 from services.trainer.config import TrainerSettings
 from services.trainer.main import Interrupted, Scheduler
 from services.trainer.metrics import TrainerMetrics
-from services.trainer.recipe import Recipe, load_recipe
+from services.trainer.recipe import Recipe
 from services.trainer.store import Request, TrainerStore
+from tests.support.clock import Clock
 from tests.support.pairs import LLAMA, paper_pairs
+from tests.support.trainer import stories_recipe
 
 pytestmark = pytest.mark.integration
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def recipe_for(test_data: Path, steps: int = 12) -> Recipe:
-    bundled = load_recipe(Path("stories260k-lora")).model_dump()
-    return Recipe.model_validate(
-        bundled | {"base_model": str(test_data / "models" / "stories260K"), "epochs": None,
-                   "max_steps": steps}
-    )  # fmt: skip
+    return stories_recipe(test_data, max_steps=steps)
 
 
 class Rig:

@@ -16,10 +16,10 @@ import yaml
 from pipeline import topics
 from pipeline.messages import Checkpoint, decode
 from pipeline.settings import KafkaSettings
-from tests.integration.test_trainer_scheduler import recipe_for
 from tests.support.bus_harness import TopicReader
 from tests.support.pairs import paper_pairs
 from tests.support.service_rig import REPO_ROOT, ServiceRig
+from tests.support.trainer import stories_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,9 @@ def test_a_requested_run_survives_a_restart_mid_training(
         p.model_copy(update={"run_id": run_id}) for p in paper_pairs(test_data / "data" / "pdfs")
     ]
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(recipe_for(test_data, steps=STEPS).model_dump(mode="json")))
+    recipe.write_text(
+        yaml.safe_dump(stories_recipe(test_data, max_steps=STEPS).model_dump(mode="json"))
+    )
     work = tmp_path / "work"
     rig = ServiceRig(
         "trainer", kafka, tmp_path / "blobs", tmp_path / "trainer.log", {topics.CHECKPOINTS: 1},

@@ -17,16 +17,9 @@ from services.synthesizer.ratelimit import (
     parse_duration,
     retry_after,
 )
+from tests.support.clock import Clock
 
 pytestmark = pytest.mark.unit
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_bucket_holds_one_second_and_refills_at_the_rate() -> None:
