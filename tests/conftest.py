@@ -9,6 +9,9 @@ from pathlib import Path
 
 # Torch and numpy spin up one thread per core; on a loaded 2-core machine that is 30x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Tests never download: the hub libraries (transformers, datasets, lm-eval) must not try.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 

@@ -1,0 +1,82 @@
+"""lm-eval for real on CPU: stories260K and an adapter trained in the test on pairs mined from
+the real papers, scored on ARC (local jsonl), on a domain test generated from documents the
+adapter never saw, and on their perplexity; base and tuned in one process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from pipeline.curation.dataset import CurationConfig, canonical_order, curate
+from pipeline.curation.snapshot import write_snapshot
+from services.evaluator.core import paired_bootstrap
+from services.evaluator.harness import Comparison, compare
+from services.evaluator.tasks import arc_task, domain_task, perplexity_task
+from services.trainer.core import prompt_and_answer
+from services.trainer.train import read_split, run
+from tests.support.pairs import paper_pairs
+from tests.support.trainer import stories_recipe
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def compared(test_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Comparison:
+    root = tmp_path_factory.mktemp("evaluate")
+    pairs = canonical_order(paper_pairs(test_data / "data" / "pdfs"))
+    write_snapshot(curate(pairs, CurationConfig(eval_fraction=0.2)), root / "snapshot")
+    recipe = stories_recipe(test_data, max_steps=300)
+    adapter = run(recipe, root / "snapshot", root / "run").adapter_dir
+    tokenizer = AutoTokenizer.from_pretrained(recipe.base_model)
+    held_out = read_split(root / "snapshot", "eval")[:80]
+    examples = [prompt_and_answer(r, recipe.data.prompt_format, tokenizer) for r in held_out]
+    tasks = [
+        arc_task("arc_easy", test_data / "data" / "arc"),
+        arc_task("arc_challenge", test_data / "data" / "arc"),
+        domain_task(examples, root / "domain.jsonl", max_new_tokens=48),
+        perplexity_task([r["output"] for r in held_out], root / "text.jsonl"),
+    ]
+    return compare(recipe.base_model, adapter, tasks, limit=60)
+
+
+def test_arc_scores_are_those_of_a_model_that_guesses(compared: Comparison) -> None:
+    for scores in (compared.base, compared.tuned):
+        for task in ("distillery_arc_easy", "distillery_arc_challenge"):
+            scored = scores[task]
+            assert len(scored.samples) == 60
+            # 4 choices (a few have 3 or 5): chance is about 0.25; 60 questions leave room.
+            assert 0.05 <= scored.metrics["acc"] <= 0.45, (task, scored.metrics)
+            per_example = [s.scores["acc"] for s in scored.samples]
+            assert scored.metrics["acc"] == pytest.approx(sum(per_example) / 60)
+
+
+def test_the_tuned_model_wins_the_domain_test_it_was_trained_for(compared: Comparison) -> None:
+    base = compared.base["distillery_domain"]
+    tuned = compared.tuned["distillery_domain"]
+    assert len(base.samples) == len(tuned.samples) == 60
+    assert all(isinstance(s.output, str) for s in base.samples + tuned.samples)
+    delta = paired_bootstrap([s.scores["rougeL"] for s in base.samples],
+                             [s.scores["rougeL"] for s in tuned.samples])  # fmt: skip
+    assert delta.improved(), delta
+    assert delta.tuned == pytest.approx(tuned.metrics["rougeL"])
+
+
+def test_the_tuned_model_finds_held_out_text_less_surprising(compared: Comparison) -> None:
+    base = compared.base["distillery_perplexity"].metrics
+    tuned = compared.tuned["distillery_perplexity"].metrics
+    assert tuned["bits_per_byte"] < base["bits_per_byte"]
+    assert tuned["word_perplexity"] < base["word_perplexity"]
+
+
+def test_the_domain_test_is_written_as_jsonl(tmp_path: Path) -> None:
+    task = domain_task([("question: a\nanswer:", " b")], tmp_path / "d.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert rows == [{"prompt": "question: a\nanswer:", "reference": " b"}]
+    assert task["output_type"] == "generate_until"
+    with pytest.raises(ValueError, match="no examples"):
+        domain_task([], tmp_path / "e.jsonl")
+    with pytest.raises(ValueError, match="arc_easy: no"):
+        arc_task("arc_easy", tmp_path)
