@@ -24,9 +24,7 @@ def arc_task(name: str, directory: Path, split: str = "test") -> dict[str, Any]:
         raise ValueError(f"{name}: no {path}")
     return {
         "task": f"distillery_{name}",
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(path.resolve())}},
-        "test_split": "test",
+        **_local_json(path),
         "output_type": "multiple_choice",
         "doc_to_text": "Question: {{question}}\nAnswer:",
         "doc_to_target": "{{choices.label.index(answerKey)}}",
@@ -52,9 +50,7 @@ def domain_task(
     _write(path, ({"prompt": p, "reference": r} for p, r in examples))
     return {
         "task": "distillery_domain",
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(path.resolve())}},
-        "test_split": "test",
+        **_local_json(path),
         "output_type": "generate_until",
         "doc_to_text": "{{prompt}}",
         "doc_to_target": "{{reference}}",
@@ -77,9 +73,7 @@ def perplexity_task(texts: Iterable[str], path: Path) -> dict[str, Any]:
     _write(path, ({"text": t} for t in texts))
     return {
         "task": "distillery_perplexity",
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(path.resolve())}},
-        "test_split": "test",
+        **_local_json(path),
         "output_type": "loglikelihood_rolling",
         "doc_to_text": "",
         "doc_to_target": "{{text}}",
@@ -87,6 +81,15 @@ def perplexity_task(texts: Iterable[str], path: Path) -> dict[str, Any]:
             {"metric": "word_perplexity", "higher_is_better": False},
             {"metric": "bits_per_byte", "higher_is_better": False},
         ],
+    }
+
+
+def _local_json(path: Path) -> dict[str, Any]:
+    """A task's dataset: one local jsonl file as its test split (never the hub)."""
+    return {
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(path.resolve())}},
+        "test_split": "test",
     }
 
 
