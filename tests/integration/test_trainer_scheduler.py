@@ -19,9 +19,9 @@ from pipeline.errors import BadInput, Retryable
 from pipeline.messages import Checkpoint, Message, Pair
 from pipeline.settings import KafkaSettings
 from services.trainer.config import TrainerSettings
-from services.trainer.main import Interrupted, Scheduler
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.recipe import Recipe
+from services.trainer.scheduler import Interrupted, Scheduler
 from services.trainer.store import Request, TrainerStore
 from tests.support.clock import Clock
 from tests.support.pairs import LLAMA, paper_pairs
