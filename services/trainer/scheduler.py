@@ -52,7 +52,8 @@ from services.trainer.store import (
 
 log = logging.getLogger("trainer")
 
-#: The child's exit status when it stopped on SIGTERM after saving a checkpoint.
+#: The child's exit status when it stopped on SIGTERM after saving a checkpoint
+#: (train.STOPPED; not imported, which would load torch and TRL into the service's process).
 STOPPED = 3
 
 

@@ -42,6 +42,8 @@ from trl.trainer.sft_trainer import SFTTrainer
 from services.trainer.core import IGNORE, Example, pack, packed_batch, prompt_and_answer, tokenize
 from services.trainer.recipe import Recipe, load_recipe
 
+#: The exit status of `main` when stopped by a signal after saving a checkpoint.
+STOPPED = 3
 #: transformers writes trainer_state.json last: a checkpoint without it was cut short.
 _COMPLETE = "trainer_state.json"
 
@@ -405,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except Interrupted as exc:
         emit("interrupted", {"step": exc.step})
-        sys.exit(3)
+        sys.exit(STOPPED)
     if int(os.environ.get("RANK", "0")) == 0:  # one process reports, under torchrun too
         (args.output / "result.json").write_text(json.dumps(asdict(result), default=str, indent=2))
         emit("done", asdict(result))
