@@ -64,8 +64,9 @@ def main() -> None:
     pairs = canonical_order(paper_pairs((SHARED / "data" / "pdfs").resolve()))
     held_out = curate(pairs, CurationConfig(eval_fraction=0.3)).eval[:N]
     examples = [
-        prompt_and_answer({"instruction": p.instruction, "input": p.input, "output": p.output},
-                          "question_answer", tokenizer)
+        dict(zip(("prompt", "reference"), prompt_and_answer(
+            {"instruction": p.instruction, "input": p.input, "output": p.output},
+            "question_answer", tokenizer), strict=True))
         for p in held_out
     ]  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:

@@ -244,6 +244,15 @@ def put_tree(store: BlobStore, directory: Path, name: str) -> str:
     return store.uri(name)
 
 
+def name_of(store: BlobStore, uri: str) -> str:
+    """The relative name (as given to `put_as`) of a URI in this store, for `get_tree`."""
+    base = store.uri("").rstrip("/") + "/"
+    if not uri.startswith(base):
+        raise BadInput(f"{uri} is not in the blob store at {base}", reason="blob_elsewhere")
+    name = uri[len(base) :]
+    return unquote(name) if base.startswith("file:") else name  # as_uri() quotes
+
+
 def get_tree(store: BlobStore, name: str, directory: Path) -> Path:
     """The blobs under `name/` written below `directory` as files; returns `directory`."""
     prefix = _check_name(name) + "/"

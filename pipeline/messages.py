@@ -318,6 +318,8 @@ class TaskScore(BaseModel):
     delta: float
     ci_low: float | None = None
     ci_high: float | None = None
+    #: False for perplexity and bits per byte: there a negative delta is the gain.
+    higher_is_better: bool = True
 
 
 class EvalResult(Message):

@@ -11,20 +11,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.messages import TaskScore
+
 
 class _Row(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class ScoreRow(_Row):
-    task: str
-    metric: str
-    base: float
-    tuned: float
-    delta: float
-    low: float | None = None
-    high: float | None = None
-    higher_is_better: bool = True
 
 
 class Example(_Row):
@@ -53,7 +44,8 @@ class Report(_Row):
     domain_metric: str
     verdict: Literal["promote", "reject"]
     reason: str
-    scores: list[ScoreRow]
+    #: As in `eval-results`: by "task/metric" ("domain/rougeL", "arc_easy/acc").
+    scores: dict[str, TaskScore]
     improved: list[Example]
     degraded: list[Example]
     documents: list[DocumentRow]
@@ -116,21 +108,28 @@ def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
-def _direction(row: ScoreRow) -> str:
+def _direction(row: TaskScore) -> str:
     """better/worse only when the interval says so; otherwise no colour."""
-    if row.low is None or row.high is None:
+    if row.ci_low is None or row.ci_high is None:
         return ""
-    gain_low, gain_high = (row.low, row.high) if row.higher_is_better else (-row.high, -row.low)
+    gain_low, gain_high = (
+        (row.ci_low, row.ci_high) if row.higher_is_better else (-row.ci_high, -row.ci_low)
+    )
     return "better" if gain_low > 0 else "worse" if gain_high < 0 else ""
 
 
-def _scores_table(rows: list[ScoreRow]) -> str:
+def _task(name: str) -> str:
+    return name.rsplit("/", 1)[0]
+
+
+def _scores_table(rows: dict[str, TaskScore]) -> str:
     body = "".join(
-        f"<tr class='{_direction(r)}'><td>{escape(r.task)}</td><td>{escape(r.metric)}"
+        f"<tr class='{_direction(r)}'><td>{escape(_task(name))}</td><td>{escape(r.metric)}"
         f"{'' if r.higher_is_better else ' (lower is better)'}</td>"
         f"<td class=num>{_num(r.base)}</td><td class=num>{_num(r.tuned)}</td>"
-        f"<td class=num>{r.delta:+.4f}</td><td class=num>[{_num(r.low)}, {_num(r.high)}]</td></tr>"
-        for r in rows
+        f"<td class=num>{r.delta:+.4f}</td>"
+        f"<td class=num>[{_num(r.ci_low)}, {_num(r.ci_high)}]</td></tr>"
+        for name, r in rows.items()
     )
     return (
         "<table id='scores'><thead><tr><th>task</th><th>metric</th><th>base</th><th>tuned</th>"
@@ -138,10 +137,11 @@ def _scores_table(rows: list[ScoreRow]) -> str:
     )
 
 
-def _chart(rows: list[ScoreRow]) -> str:
+def _chart(rows: dict[str, TaskScore]) -> str:
     """Horizontal bars of each delta around zero, with the interval as a whisker (SVG)."""
     width, label, row_h = 640, 220, 26
-    span = max([abs(v) for r in rows for v in (r.delta, r.low, r.high) if v is not None] + [1e-9])
+    span = max([abs(v) for r in rows.values() for v in (r.delta, r.ci_low, r.ci_high)
+                if v is not None] + [1e-9])  # fmt: skip
     scale = (width - label - 20) / 2 / span
     zero = label + (width - label) / 2
 
@@ -149,18 +149,17 @@ def _chart(rows: list[ScoreRow]) -> str:
         return zero + value * scale
 
     parts = []
-    for i, r in enumerate(rows):
+    for i, (name, r) in enumerate(rows.items()):
         y = i * row_h + 6
         colour = {"better": "#137333", "worse": "#b3261e"}.get(_direction(r), "#888")
         left, right = sorted((x(0), x(r.delta)))
         parts.append(
-            f"<text x='{label - 8}' y='{y + 13}' text-anchor='end'>{escape(r.task)} "
-            f"{escape(r.metric)}</text>"
+            f"<text x='{label - 8}' y='{y + 13}' text-anchor='end'>{escape(name)}</text>"
             f"<rect x='{left:.1f}' y='{y + 2}' width='{max(right - left, 1):.1f}' height='14' "
             f"fill='{colour}'/>"
         )
-        if r.low is not None and r.high is not None:
-            parts.append(f"<line x1='{x(r.low):.1f}' x2='{x(r.high):.1f}' y1='{y + 9}' "
+        if r.ci_low is not None and r.ci_high is not None:
+            parts.append(f"<line x1='{x(r.ci_low):.1f}' x2='{x(r.ci_high):.1f}' y1='{y + 9}' "
                          f"y2='{y + 9}' stroke='#222' stroke-width='1.5'/>")  # fmt: skip
     height = len(rows) * row_h + 12
     return (

@@ -5,7 +5,7 @@ held-out text. Offline: every dataset is a local json file."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,12 @@ def rouge(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
 
 
 def domain_task(
-    examples: Iterable[tuple[str, str]], path: Path, *, max_new_tokens: int = 128
+    examples: Iterable[Mapping[str, str]], path: Path, *, max_new_tokens: int = 128
 ) -> dict[str, Any]:
-    """A generate_until task over (prompt, reference) pairs, written to `path` as jsonl:
-    greedy answers up to `max_new_tokens`, scored by ROUGE against the reference."""
-    _write(path, ({"prompt": p, "reference": r} for p, r in examples))
+    """A generate_until task over {prompt, reference, ...} rows (what else a row holds, such
+    as its document, comes back with its scores), written to `path` as jsonl: greedy answers
+    up to `max_new_tokens`, scored by ROUGE against the reference."""
+    _write(path, examples)
     return {
         "task": "distillery_domain",
         **_local_json(path),
@@ -93,9 +94,9 @@ def _local_json(path: Path) -> dict[str, Any]:
     }
 
 
-def _write(path: Path, rows: Iterable[dict[str, str]]) -> None:
+def _write(path: Path, rows: Iterable[Mapping[str, str]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
+    lines = [json.dumps(dict(row), ensure_ascii=False) for row in rows]
     if not lines:
         raise ValueError(f"{path.name}: no examples")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

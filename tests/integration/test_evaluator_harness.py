@@ -12,8 +12,8 @@ from transformers import AutoTokenizer
 
 from pipeline.curation.dataset import CurationConfig, canonical_order, curate
 from pipeline.curation.snapshot import write_snapshot
-from services.evaluator.core import paired_bootstrap
-from services.evaluator.harness import Comparison, compare
+from services.evaluator.core import Comparison, compare_task, paired_bootstrap
+from services.evaluator.harness import compare
 from services.evaluator.tasks import arc_task, domain_task, perplexity_task
 from services.trainer.core import prompt_and_answer
 from services.trainer.train import read_split, run
@@ -32,14 +32,19 @@ def compared(test_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Compa
     adapter = run(recipe, root / "snapshot", root / "run").adapter_dir
     tokenizer = AutoTokenizer.from_pretrained(recipe.base_model)
     held_out = read_split(root / "snapshot", "eval")[:80]
-    examples = [prompt_and_answer(r, recipe.data.prompt_format, tokenizer) for r in held_out]
+    examples = [
+        dict(zip(("prompt", "reference"),
+                 prompt_and_answer(r, recipe.data.prompt_format, tokenizer), strict=True))
+        for r in held_out
+    ]  # fmt: skip
     tasks = [
         arc_task("arc_easy", test_data / "data" / "arc"),
         arc_task("arc_challenge", test_data / "data" / "arc"),
-        domain_task(examples, root / "domain.jsonl", max_new_tokens=48),
+        domain_task(examples[:60], root / "domain.jsonl", max_new_tokens=48),
         perplexity_task([r["output"] for r in held_out], root / "text.jsonl"),
     ]
-    return compare(recipe.base_model, adapter, tasks, limit=60)
+    limits = {"distillery_arc_easy": 60, "distillery_arc_challenge": 60}
+    return compare(recipe.base_model, adapter, tasks, limits=limits)
 
 
 def test_arc_scores_are_those_of_a_model_that_guesses(compared: Comparison) -> None:
@@ -65,16 +70,22 @@ def test_the_tuned_model_wins_the_domain_test_it_was_trained_for(compared: Compa
 
 
 def test_the_tuned_model_finds_held_out_text_less_surprising(compared: Comparison) -> None:
-    base = compared.base["distillery_perplexity"].metrics
-    tuned = compared.tuned["distillery_perplexity"].metrics
-    assert tuned["bits_per_byte"] < base["bits_per_byte"]
-    assert tuned["word_perplexity"] < base["word_perplexity"]
+    base, tuned = compared.base["distillery_perplexity"], compared.tuned["distillery_perplexity"]
+    assert len(base.samples) == 80
+    for metric in ("bits_per_byte", "word_perplexity"):
+        assert tuned.metrics[metric] < base.metrics[metric]
+        # Our interval is around lm-eval's own corpus-level figure, from per-example counts.
+        delta = compare_task(base, tuned, metric)
+        assert delta.base == pytest.approx(base.metrics[metric], rel=1e-6)
+        assert delta.tuned == pytest.approx(tuned.metrics[metric], rel=1e-6)
+        assert delta.improved(higher_is_better=False), delta
 
 
 def test_the_domain_test_is_written_as_jsonl(tmp_path: Path) -> None:
-    task = domain_task([("question: a\nanswer:", " b")], tmp_path / "d.jsonl")
+    row = {"prompt": "question: a\nanswer:", "reference": " b", "document": "paper"}
+    task = domain_task([row], tmp_path / "d.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
-    assert rows == [{"prompt": "question: a\nanswer:", "reference": " b"}]
+    assert rows == [row]
     assert task["output_type"] == "generate_until"
     with pytest.raises(ValueError, match="no examples"):
         domain_task([], tmp_path / "e.jsonl")

@@ -8,7 +8,19 @@ import random
 import numpy as np
 import pytest
 
-from services.evaluator.core import Delta, Policy, decide, extremes, paired_bootstrap
+from services.evaluator.core import (
+    Comparison,
+    Delta,
+    Policy,
+    Sample,
+    TaskRun,
+    assess,
+    bits_per_byte,
+    decide,
+    extremes,
+    paired_bootstrap,
+    word_perplexity,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -78,7 +90,7 @@ def test_promote_when_the_domain_improves_and_arc_holds() -> None:
                      Policy())  # fmt: skip
     assert verdict.promote
     assert verdict.reason == (
-        "domain/rougeL improved by +0.1000 (95% CI [+0.0500, +0.1500]); arc_easy/acc -0.0100"
+        "domain/rougeL improved by 0.1000 (95% CI [+0.0500, +0.1500]); arc_easy/acc -0.0100"
     )
 
 
@@ -110,3 +122,63 @@ def test_extremes_are_the_largest_changes_each_way() -> None:
     tuned = [0.9, 0.4, 0.5, 0.1, 0.6, 0.45]
     assert extremes(base, tuned, 2) == ([0, 4], [3, 1])
     assert extremes(base, tuned, 10) == ([0, 4], [3, 1, 5])  # unchanged ones in neither
+
+
+def test_perplexity_is_compared_as_lm_eval_aggregates_it_over_the_corpus() -> None:
+    """Columns (loglikelihood, words, bytes): the statistic is the corpus rate, not the mean
+    of each example's rate, and a fall in bits per byte is the gain."""
+    base = [[-40.0, 10, 50], [-200.0, 40, 210], [-30.0, 5, 20]]
+    tuned = [[-35.0, 10, 50], [-150.0, 40, 210], [-31.0, 5, 20]]
+    delta = paired_bootstrap(base, tuned, statistic=bits_per_byte)
+    assert delta.base == pytest.approx(270 / 280 / np.log(2))
+    assert delta.tuned == pytest.approx(216 / 280 / np.log(2))
+    ppl = paired_bootstrap(base, tuned, statistic=word_perplexity)
+    assert ppl.base == pytest.approx(np.exp(270 / 55)) and ppl.tuned < ppl.base
+    policy = Policy(domain_metric="perplexity/bits_per_byte")
+    assert decide(_delta(-0.2, -0.3, -0.1), {}, policy).promote
+    assert decide(_delta(-0.2, -0.3, -0.1), {}, policy).reason.startswith(
+        "perplexity/bits_per_byte fell by 0.2000")
+    assert not decide(_delta(0.2, 0.1, 0.3), {}, policy).promote
+
+
+def test_a_policy_names_the_metrics_it_can_promote_on() -> None:
+    with pytest.raises(ValueError, match="'domain/rougeL', 'domain/rouge1'"):
+        Policy(domain_metric="arc_easy/acc")
+
+
+def _run(scores: list[float], metric: str, docs: list[dict[str, str]] | None = None) -> TaskRun:
+    docs = docs or [{} for _ in scores]
+    samples = [Sample(doc=d, output=f"answer {v}", scores={metric: v})
+               for d, v in zip(docs, scores, strict=True)]  # fmt: skip
+    return TaskRun(metrics={metric: float(np.mean(scores))}, samples=samples)
+
+
+def test_an_assessment_scores_every_task_and_shows_what_moved_per_document() -> None:
+    docs = [{"prompt": f"q{i}", "reference": f"r{i}", "document": f"paper {i % 2}"}
+            for i in range(6)]  # fmt: skip
+    base_domain = [0.0, 0.25, 0.5, 0.25, 0.0, 0.75]
+    tuned_domain = [0.5, 0.75, 1.0, 0.75, 0.5, 0.25]  # +0.5 five times (ties), -0.5 once
+    comparison = Comparison(
+        base={"distillery_domain": _run(base_domain, "rougeL", docs),
+              "arc_easy": _run([1, 0, 0, 1], "acc")},
+        tuned={"distillery_domain": _run(tuned_domain, "rougeL", docs),
+               "arc_easy": _run([1, 0, 0, 0], "acc")},
+    )  # fmt: skip
+    found = assess(comparison, Policy(max_general_drop=0.3), examples=2)
+    assert set(found.scores) == {"domain/rougeL", "arc_easy/acc"}
+    assert found.scores["arc_easy/acc"].delta == pytest.approx(-0.25)
+    assert found.scores["domain/rougeL"].metric == "rougeL"
+    assert found.verdict.promote is False  # one big loss in six: the interval reaches below 0
+    assert [e.prompt for e in found.improved] == ["q0", "q1"]
+    assert [(e.prompt, e.base, e.tuned) for e in found.degraded] == [
+        ("q5", "answer 0.75", "answer 0.25")]
+    assert [(d.document, d.n) for d in found.documents] == [("paper 0", 3), ("paper 1", 3)]
+    assert found.documents[1].tuned == pytest.approx((0.75 + 0.75 + 0.25) / 3)
+
+
+def test_without_held_out_pairs_there_is_nothing_to_promote_on() -> None:
+    arc = {"arc_easy": _run([1, 0], "acc")}
+    found = assess(Comparison(base=arc, tuned=arc), Policy())
+    assert not found.verdict.promote
+    assert "no domain/rougeL to judge by" in found.verdict.reason
+    assert found.improved == found.degraded == found.documents == []

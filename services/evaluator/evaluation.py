@@ -1,0 +1,183 @@
+"""The evaluator's handler: a checkpoint in; its evaluation stored and an `eval-results`
+message out.
+
+For each checkpoint: the adapter (or the whole model) and the dataset's held-out split are
+fetched from the blob store; a child process (`python -m services.evaluator.run`) runs base
+and tuned through lm-eval with the same settings; the scores are compared example by example
+(paired bootstrap), the policy decides, and the report goes to `evaluations/<checkpoint_id>/`
+(report.html, review.csv, then report.json). Once report.json is there, a redelivered
+checkpoint is answered from it without evaluating again.
+
+The handler is async so that the worker loop keeps polling (with its partitions paused) while
+an evaluation runs for minutes or hours; a stopping service ends the child at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.blobstore import BlobStore, get_tree, name_of
+from pipeline.errors import BadInput
+from pipeline.messages import Checkpoint, EvalResult
+from services.evaluator.config import EvaluatorSettings
+from services.evaluator.core import Comparison, Job, assess
+from services.evaluator.metrics import EvaluatorMetrics
+from services.evaluator.report import Report, render_html, review_sheet
+
+log = logging.getLogger("evaluator")
+
+REPORT, PAGE, SHEET = "report.json", "report.html", "review.csv"
+
+
+def folder_of(checkpoint_id: str) -> str:
+    """Where a checkpoint's report lives in the blob store."""
+    if "/" in checkpoint_id or checkpoint_id in (".", ".."):
+        raise BadInput(f"checkpoint id {checkpoint_id!r} is not one path segment",
+                       reason="bad_checkpoint_id")  # fmt: skip
+    return f"evaluations/{checkpoint_id}"
+
+
+def stored_report(blobs: BlobStore, checkpoint_id: str) -> Report | None:
+    uri = blobs.uri(f"{folder_of(checkpoint_id)}/{REPORT}")
+    return Report.model_validate_json(blobs.get(uri)) if blobs.exists(uri) else None
+
+
+class Evaluator:
+    def __init__(
+        self,
+        settings: EvaluatorSettings,
+        blobs: BlobStore,
+        metrics: EvaluatorMetrics,
+        python: str = sys.executable,
+    ) -> None:
+        self.settings = settings
+        self.blobs = blobs
+        self.metrics = metrics
+        self.python = python
+
+    async def handle(self, checkpoint: Checkpoint) -> list[EvalResult]:
+        ckpt = checkpoint.checkpoint_id
+        report = await asyncio.to_thread(stored_report, self.blobs, ckpt)
+        if report is not None:
+            log.info("%s: evaluated before (%s); publishing that verdict", ckpt, report.verdict)
+            return [self._result(report)]
+        started = time.monotonic()
+        work = self.settings.work_dir / ckpt
+        job = await asyncio.to_thread(self._prepare, checkpoint, work)
+        log.info("%s: evaluating %s against %s (%s)", ckpt, checkpoint.adapter_uri,
+                 checkpoint.base_model, _describe(job))  # fmt: skip
+        comparison = await self._run(work)
+        found = assess(comparison, self.settings.policy, examples=self.settings.report_examples,
+                       resamples=self.settings.resamples)  # fmt: skip
+        report = Report(
+            checkpoint_id=ckpt, run_id=checkpoint.run_id, base_model=checkpoint.base_model,
+            adapter_uri=checkpoint.adapter_uri, dataset_id=checkpoint.dataset.id,
+            domain_metric=self.settings.domain_metric,
+            verdict="promote" if found.verdict.promote else "reject",
+            reason=found.verdict.reason, scores=found.scores, improved=found.improved,
+            degraded=found.degraded, documents=found.documents,
+        )  # fmt: skip
+        await asyncio.to_thread(self._store, report, review_sheet(found.review))
+        shutil.rmtree(work, ignore_errors=True)
+        seconds = time.monotonic() - started
+        self.metrics.evaluated(report.verdict, seconds, report.scores)
+        log.info("%s: %s in %.0fs: %s", ckpt, report.verdict, seconds, report.reason)
+        return [self._result(report)]
+
+    def _prepare(self, checkpoint: Checkpoint, work: Path) -> Job:
+        """The tuned weights and the held-out pairs, local; the child's job written."""
+        shutil.rmtree(work, ignore_errors=True)  # what a stopped evaluation left
+        tuned = get_tree(self.blobs, name_of(self.blobs, checkpoint.adapter_uri), work / "tuned")
+        examples = self._held_out(checkpoint.dataset.uri, checkpoint.dataset.eval_n, work)
+        settings = self.settings
+        job = Job(
+            base_model=checkpoint.base_model, tuned=tuned, examples=examples,
+            prompt_format=str(checkpoint.hyperparameters.get("data.prompt_format", "alpaca")),
+            max_new_tokens=settings.max_new_tokens, perplexity=settings.perplexity,
+            arc_tasks=list(settings.arc_tasks), arc_dir=settings.arc_dir,
+            arc_limit=settings.arc_limit, batch_size=settings.batch_size, device=settings.device,
+        )  # fmt: skip
+        (work / "job.json").write_text(job.model_dump_json(indent=2), encoding="utf-8")
+        return job
+
+    def _held_out(self, dataset_uri: str, eval_n: int, work: Path) -> Path | None:
+        """The dataset's eval split (its first `domain_limit` pairs), each with the document
+        it came from; None when the dataset holds none out."""
+        if eval_n == 0:
+            return None
+        records = _jsonl(self.blobs.get(f"{dataset_uri}/alpaca/eval.jsonl"))
+        provenance = _jsonl(self.blobs.get(f"{dataset_uri}/provenance.jsonl"))
+        # Provenance lists the pairs split by split, in the order of the split files.
+        documents = [_document(p) for p in provenance if p["split"] == "eval"]
+        if len(documents) != len(records):
+            raise BadInput(f"{dataset_uri}: {len(records)} eval pairs but {len(documents)} "
+                           "in its provenance", reason="dataset_inconsistent")  # fmt: skip
+        rows = [r | {"document": d} for r, d in zip(records, documents, strict=True)]
+        path = work / "held_out.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                for r in rows[: self.settings.domain_limit]),
+                        encoding="utf-8")  # fmt: skip
+        return path
+
+    async def _run(self, work: Path) -> Comparison:
+        """The child's comparison; BadInput with the end of its log if it fails."""
+        out, log_path = work / "comparison.json", work / "evaluate.log"
+        env = dict(os.environ)
+        # The datasets library caches every json task it builds: here, not in $HOME.
+        env.setdefault("HF_DATASETS_CACHE", str(work / "datasets-cache"))
+        with log_path.open("ab") as err:
+            child = await asyncio.create_subprocess_exec(
+                self.python, "-m", "services.evaluator.run", str(work / "job.json"), str(out),
+                stdout=err, stderr=err, env=env,
+            )  # fmt: skip
+            try:
+                code = await child.wait()
+            except asyncio.CancelledError:  # the service is stopping: evaluate again later
+                child.kill()
+                await child.wait()
+                raise
+        if code != 0:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise BadInput(
+                f"evaluation failed (exit {code}): {' | '.join(tail) or 'no output'}",
+                reason="evaluation_failed",
+            )
+        return Comparison.model_validate_json(out.read_text(encoding="utf-8"))
+
+    def _store(self, report: Report, sheet: str) -> None:
+        folder = folder_of(report.checkpoint_id)
+        self.blobs.put_as(f"{folder}/{PAGE}", render_html(report).encode())
+        self.blobs.put_as(f"{folder}/{SHEET}", sheet.encode())
+        self.blobs.put_as(f"{folder}/{REPORT}", report.model_dump_json(indent=2).encode())
+
+    def _result(self, report: Report) -> EvalResult:
+        return EvalResult(
+            checkpoint_id=report.checkpoint_id, run_id=report.run_id,
+            base_model=report.base_model, adapter_uri=report.adapter_uri, scores=report.scores,
+            verdict=report.verdict, reason=report.reason,
+            report_uri=self.blobs.uri(f"{folder_of(report.checkpoint_id)}/{PAGE}"),
+        )  # fmt: skip
+
+
+def _jsonl(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+def _document(provenance: dict[str, Any]) -> str:
+    """A held-out document as people know it: its title, else its URL, else its id."""
+    source = provenance.get("source") or {}
+    return str(source.get("title") or source.get("url") or provenance["doc_id"])
+
+
+def _describe(job: Job) -> str:
+    arc = ", ".join(job.arc_tasks) or "no ARC"
+    where = f"from {job.arc_dir}" if job.arc_dir else "from the hub"
+    return f"{arc} {where}; domain test {'on' if job.examples else 'off'}; device {job.device}"
