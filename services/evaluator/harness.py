@@ -98,9 +98,8 @@ def _sample(raw: dict[str, Any], metrics: list[str]) -> Sample:
         value = raw[metric]
         if isinstance(value, (list, tuple)):  # perplexity: (loglikelihood, words or bytes)
             scores["loglikelihood"] = float(value[0])
-            scores["bytes" if metric in ("bits_per_byte", "byte_perplexity") else "words"] = (
-                float(value[1])
-            )
+            unit = "bytes" if metric in ("bits_per_byte", "byte_perplexity") else "words"
+            scores[unit] = float(value[1])
         else:
             scores[metric] = float(value)
     return Sample(doc=raw["doc"], output=output, scores=scores)

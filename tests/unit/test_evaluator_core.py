@@ -137,7 +137,8 @@ def test_perplexity_is_compared_as_lm_eval_aggregates_it_over_the_corpus() -> No
     policy = Policy(domain_metric="perplexity/bits_per_byte")
     assert decide(_delta(-0.2, -0.3, -0.1), {}, policy).promote
     assert decide(_delta(-0.2, -0.3, -0.1), {}, policy).reason.startswith(
-        "perplexity/bits_per_byte fell by 0.2000")
+        "perplexity/bits_per_byte fell by 0.2000"
+    )
     assert not decide(_delta(0.2, 0.1, 0.3), {}, policy).promote
 
 
@@ -171,7 +172,8 @@ def test_an_assessment_scores_every_task_and_shows_what_moved_per_document() -> 
     assert found.verdict.promote is False  # one big loss in six: the interval reaches below 0
     assert [e.prompt for e in found.improved] == ["q0", "q1"]
     assert [(e.prompt, e.base, e.tuned) for e in found.degraded] == [
-        ("q5", "answer 0.75", "answer 0.25")]
+        ("q5", "answer 0.75", "answer 0.25")
+    ]
     assert [(d.document, d.n) for d in found.documents] == [("paper 0", 3), ("paper 1", 3)]
     assert found.documents[1].tuned == pytest.approx((0.75 + 0.75 + 0.25) / 3)
 
