@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Torch and numpy spin up one thread per core; on a loaded 2-core machine that is 30x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -19,6 +20,9 @@ from pipeline import bus
 from pipeline.embedded import Broker
 from pipeline.settings import KafkaSettings
 
+if TYPE_CHECKING:
+    from tests.support.trainer import Trained
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,6 +33,15 @@ def test_data() -> Path:
     if not (root / "data").is_dir():
         pytest.fail(f"test data not found at {root}: set DISTILLERY_TEST_DATA")
     return root
+
+
+@pytest.fixture(scope="session")
+def paper_adapter(test_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """stories260K with a LoRA adapter trained 300 steps on pairs from the shared papers,
+    and the snapshot it was trained on (its held-out documents unseen)."""
+    from tests.support.trainer import train_on_papers  # torch and TRL: only when asked
+
+    return train_on_papers(test_data, tmp_path_factory.mktemp("paper-adapter"), steps=300)
 
 
 @pytest.fixture(scope="session")

@@ -168,6 +168,8 @@ class Policy(_Frozen):
     #: The domain metric that must improve beyond its interval.
     domain_metric: DomainMetric = "domain/rougeL"
     #: How far each general task (ARC) may fall, in points of its metric (0.02 = 2 points).
+    #: As with the gain, a fall counts only when its interval says so: the whole interval
+    #: below -max_general_drop. (One question of a 40-question subset is 2.5 points.)
     max_general_drop: float = Field(0.02, ge=0)
 
 
@@ -179,7 +181,7 @@ class Verdict:
 
 def decide(domain: Delta, general: Mapping[str, Delta], policy: Policy) -> Verdict:
     """Promote when the domain score improves beyond its interval and no general task falls
-    by more than the policy allows; otherwise reject, saying why."""
+    beyond its interval by more than the policy allows; otherwise reject, saying why."""
     problems = []
     higher_is_better = policy.domain_metric.split("/")[1] not in LOWER_IS_BETTER
     if not domain.improved(higher_is_better):
@@ -188,10 +190,11 @@ def decide(domain: Delta, general: Mapping[str, Delta], policy: Policy) -> Verdi
             f"({domain.delta:+.4f}, 95% CI [{domain.low:+.4f}, {domain.high:+.4f}])"
         )
     for task, delta in sorted(general.items()):
-        if delta.delta < -policy.max_general_drop:
+        if delta.high < -policy.max_general_drop:
             problems.append(
-                f"{task} fell by {-delta.delta:.4f} ({delta.base:.4f} → {delta.tuned:.4f}), "
-                f"more than the {policy.max_general_drop:.4f} allowed"
+                f"{task} fell by {-delta.delta:.4f} ({delta.base:.4f} → {delta.tuned:.4f}, "
+                f"95% CI [{delta.low:+.4f}, {delta.high:+.4f}]), more than the "
+                f"{policy.max_general_drop:.4f} allowed"
             )
     if problems:
         return Verdict(False, "; ".join(problems))

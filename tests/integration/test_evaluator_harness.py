@@ -10,28 +10,24 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline.curation.dataset import CurationConfig, canonical_order, curate
-from pipeline.curation.snapshot import write_snapshot
 from services.evaluator.core import Comparison, compare_task, paired_bootstrap
 from services.evaluator.harness import compare
 from services.evaluator.tasks import arc_task, domain_task, perplexity_task
 from services.trainer.core import prompt_and_answer
-from services.trainer.train import read_split, run
-from tests.support.pairs import paper_pairs
-from tests.support.trainer import stories_recipe
+from services.trainer.train import read_split
+from tests.support.trainer import Trained
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def compared(test_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Comparison:
+def compared(
+    test_data: Path, paper_adapter: Trained, tmp_path_factory: pytest.TempPathFactory
+) -> Comparison:
     root = tmp_path_factory.mktemp("evaluate")
-    pairs = canonical_order(paper_pairs(test_data / "data" / "pdfs"))
-    write_snapshot(curate(pairs, CurationConfig(eval_fraction=0.2)), root / "snapshot")
-    recipe = stories_recipe(test_data, max_steps=300)
-    adapter = run(recipe, root / "snapshot", root / "run").adapter_dir
+    recipe, adapter = paper_adapter.recipe, paper_adapter.adapter
     tokenizer = AutoTokenizer.from_pretrained(recipe.base_model)
-    held_out = read_split(root / "snapshot", "eval")[:80]
+    held_out = read_split(paper_adapter.snapshot, "eval")[:80]
     examples = [
         dict(zip(("prompt", "reference"),
                  prompt_and_answer(r, recipe.data.prompt_format, tokenizer), strict=True))
