@@ -27,6 +27,7 @@ from pipeline.cli_common import (
     read_all,
 )
 from pipeline.cli_curate import curate
+from pipeline.cli_report import report
 from pipeline.cli_scrape import scrape, submit
 from pipeline.cli_train import request_training, train
 from pipeline.embedded import (
@@ -44,6 +45,7 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=F
 app.add_typer(scrape, name="scrape")
 app.command()(curate)
 app.command()(train)
+app.command()(report)
 
 
 def _parse_replicas(values: list[str]) -> dict[str, int]:

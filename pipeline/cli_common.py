@@ -12,8 +12,9 @@ from kafka.consumer.fetcher import ConsumerRecord
 from rich.console import Console
 
 from pipeline import bus
+from pipeline.blobstore import BlobStore, open_store
 from pipeline.embedded import StackState, pid_alive
-from pipeline.settings import KafkaSettings
+from pipeline.settings import BlobSettings, KafkaSettings
 
 console = Console()
 err = Console(stderr=True)
@@ -71,3 +72,16 @@ def read_all(settings: KafkaSettings, topic: str) -> list[ConsumerRecord]:
         return records
     finally:
         reader.close()
+
+
+def blob_store(home: Path) -> BlobStore:
+    """BLOB_STORE_URI's store, else the running embedded stack's."""
+    if os.environ.get("BLOB_STORE_URI"):
+        return open_store(BlobSettings())
+    state = StackState.load(home.resolve())
+    if state is None:
+        raise fail(
+            "no stack is running here: start one with `distillery up` or set BLOB_STORE_URI "
+            "to the services' blob store"
+        )
+    return open_store(BlobSettings(store_uri=state.blob_store))

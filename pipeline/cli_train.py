@@ -3,7 +3,6 @@ showing the loss, tokens/s and ETA as it goes."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
@@ -12,11 +11,8 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline.blobstore import BlobStore, open_store
-from pipeline.cli_common import DEFAULT_HOME, HomeOption, console, fail
-from pipeline.embedded import StackState
+from pipeline.cli_common import DEFAULT_HOME, HomeOption, blob_store, console, fail
 from pipeline.errors import BadInput
-from pipeline.settings import BlobSettings
 
 
 def train(
@@ -104,7 +100,7 @@ def request_training(run_id: str, *, wait: bool, timeout_s: float, home: Path) -
     """Ask the trainer service to train `run_id` now; with `wait`, follow it to the end."""
     from services.trainer.store import Request, TrainerStore, check_run_id  # the blob layout
 
-    store = TrainerStore(_blob_store(home))
+    store = TrainerStore(blob_store(home))
     try:
         request = Request(id=uuid.uuid4().hex, run_id=check_run_id(run_id))
     except BadInput as exc:
@@ -146,16 +142,3 @@ def _line(p: dict[str, Any]) -> str:
         f"step {p['step']}/{p['total_steps']}  loss {p['loss']:.4f}  "
         f"{p['tokens_per_s']:,.0f} tokens/s  ETA {p['eta_s']:.0f}s"
     )
-
-
-def _blob_store(home: Path) -> BlobStore:
-    """BLOB_STORE_URI's store, else the running embedded stack's."""
-    if os.environ.get("BLOB_STORE_URI"):
-        return open_store(BlobSettings())
-    state = StackState.load(home.resolve())
-    if state is None:
-        raise fail(
-            "no stack is running here: start one with `distillery up` or set BLOB_STORE_URI "
-            "to the trainer's blob store"
-        )
-    return open_store(BlobSettings(store_uri=state.blob_store))

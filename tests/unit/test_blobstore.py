@@ -329,3 +329,19 @@ def test_getting_a_missing_tree_is_blob_missing(store, tmp_path):
     assert (
         bad_input(blobstore.get_tree, store, "checkpoints/none", tmp_path).reason == "blob_missing"
     )
+
+
+def test_a_uri_of_the_store_gives_back_its_name_and_one_elsewhere_is_refused(tmp_path):
+    store = FileBlobStore(tmp_path / "blobs with spaces")  # as_uri() quotes them
+    uri = blobstore.put_tree(store, _tree(tmp_path), "checkpoints/c 1/adapter")
+    assert "%20" in uri
+    assert blobstore.name_of(store, uri) == "checkpoints/c 1/adapter"
+    assert blobstore.get_tree(store, blobstore.name_of(store, uri), tmp_path / "copy")
+    other = FileBlobStore(tmp_path / "other").uri("checkpoints/c1")
+    assert bad_input(blobstore.name_of, store, other).reason == "blob_elsewhere"
+
+
+def _tree(root: Path) -> Path:
+    (root / "tree").mkdir()
+    (root / "tree" / "a.json").write_text("{}")
+    return root / "tree"
