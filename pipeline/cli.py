@@ -8,8 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,12 +22,12 @@ from pipeline.cli_common import (
     console,
     fail,
     kafka_settings,
-    read_all,
 )
 from pipeline.cli_curate import curate
+from pipeline.cli_demo import demo_environment, stages
 from pipeline.cli_report import report
-from pipeline.cli_scrape import scrape, submit
-from pipeline.cli_train import request_training, train
+from pipeline.cli_scrape import scrape
+from pipeline.cli_train import train
 from pipeline.embedded import (
     SERVICES,
     ServiceSpec,
@@ -38,8 +36,6 @@ from pipeline.embedded import (
     available_services,
     pid_alive,
 )
-from pipeline.messages import Checkpoint, DlqRecord, FolderSource, Pair, RawDoc, decode
-from pipeline.settings import KafkaSettings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(scrape, name="scrape")
@@ -261,44 +257,11 @@ def _print_record(record: object) -> None:
 @app.command()
 def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
     """Run the pipeline on the embedded stack over a sample corpus and report every stage."""
-    corpus = _demo_corpus()
-    model = Path(os.environ.get("DISTILLERY_TEST_DATA", "../shared")) / "models" / "stories260K"
-    if model.is_dir():  # the trainer's base model, unless one is chosen
-        os.environ.setdefault("DISTILLERY_BASE_MODEL", str(model.resolve()))
+    demo_environment()
     up(home=home)
     try:
-        console.print(f"[bold]1. scrape[/bold] the folder {corpus}")
-        run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-        submit(FolderSource(path=str(corpus)), run_id, True, "scraper", home, timeout_s=600)
         running = set(available_services())
-        if "extractor" in running:
-            console.print(f"[bold]2. extract[/bold] {topics.RAW_DOCS} → {topics.PARSED_TEXT}")
-            settings = kafka_settings(home.resolve())
-            _drain(settings, "extractor", topics.RAW_DOCS, timeout_s=600)
-            for dead in read_all(settings, topics.dlq(topics.RAW_DOCS)):
-                record = decode(DlqRecord, dead.value)
-                doc = decode(RawDoc, record.original_value())
-                name = doc.source.url.rsplit("/", 1)[-1]
-                console.print(f"  dead-lettered {name}: {record.reason}", soft_wrap=True)
-        if "synthesizer" in running:
-            console.print(
-                f"[bold]3. synthesize[/bold] {topics.PARSED_TEXT} → {topics.PAIRS} "
-                "(reading-comprehension: tasks mined from the text, no LLM)"
-            )
-            settings = kafka_settings(home.resolve())
-            _drain(settings, "synthesizer", topics.PARSED_TEXT, timeout_s=600)
-            pairs = [decode(Pair, r.value) for r in read_all(settings, topics.PAIRS)]
-            tasks = Counter(p.task for p in pairs)
-            console.print(
-                f"  {len(pairs)} pairs: " + ", ".join(f"{t} {n}" for t, n in tasks.most_common())
-            )
-            if pairs:
-                sample = pairs[len(pairs) // 2]
-                console.print(
-                    f"  e.g. [{sample.task}] {sample.instruction} → {sample.output}", soft_wrap=True
-                )
-        if "trainer" in running:
-            _demo_train(run_id, home)
+        run_id = stages(home, running)
         table = Table("stage", "topic in", "service", "state")
         for service, topic in zip(SERVICES, topics.PIPELINE, strict=True):
             state = (
@@ -310,72 +273,12 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
         missing = [s for s in SERVICES if s not in running]
         if missing:
             console.print(
-                "[yellow]Honest summary:[/yellow] the documents are scraped, extracted into "
-                f"chunks, made into instruction pairs on {topics.PAIRS}, curated into a "
-                "dataset and trained into a LoRA adapter announced on "
-                f"{topics.CHECKPOINTS}; {', '.join(missing)} are not built yet, so no "
-                "evaluation report or gRPC answer were produced."
+                f"[yellow]Honest summary:[/yellow] run {run_id} went as far as the services "
+                f"built so far; not built yet: {', '.join(missing)}, so no gRPC answer from "
+                "the tuned model."
             )
     finally:
         down(home=home)
-
-
-def _demo_train(run_id: str, home: Path) -> None:
-    """Stage 4: the trainer curates the run's pairs into a snapshot and trains an adapter."""
-    console.print(
-        f"[bold]4. train[/bold] {topics.PAIRS} → {topics.CHECKPOINTS}: the run's pairs curated "
-        "(duplicates, ROUGE-L near-duplicates, split by document, contamination check) and "
-        "trained with LoRA on CPU"
-    )
-    settings = kafka_settings(home.resolve())
-    _drain(settings, "trainer", topics.PAIRS, timeout_s=600)
-    request_training(run_id, wait=True, timeout_s=1800, home=home)
-    for record in read_all(settings, topics.CHECKPOINTS):
-        checkpoint = decode(Checkpoint, record.value)
-        if checkpoint.run_id != run_id:
-            continue
-        dataset, metrics = checkpoint.dataset, checkpoint.metrics
-        console.print(
-            f"  dataset {dataset.id}: {dataset.train_n} train, {dataset.eval_n} eval pairs; "
-            f"card {dataset.uri}/README.md",
-            soft_wrap=True,
-        )
-        console.print(
-            f"  {checkpoint.method} on {checkpoint.base_model}: {metrics['steps']:.0f} steps, "
-            f"held-out loss {metrics['eval_loss_before']:.3f} → {metrics['eval_loss_after']:.3f}"
-            f" per answer token",
-            soft_wrap=True,
-        )
-
-
-def _drain(settings: KafkaSettings, group: str, topic: str, timeout_s: float) -> None:
-    """Wait until `group` has committed everything `topic` holds, showing how far it is."""
-    reader = bus.consumer(settings, group_id=None)
-    try:
-        ends = bus.end_offsets(reader, bus.partitions_of(reader, topic))
-    finally:
-        reader.close()
-    total = sum(ends.values())
-    deadline = time.monotonic() + timeout_s
-    with console.status(f"{group}: 0/{total}") as progress:
-        while True:
-            committed = bus.committed(settings, group)
-            done = sum(min(committed.get(tp, 0), end) for tp, end in ends.items())
-            progress.update(f"{group}: {done}/{total} messages of {topic} handled")
-            if done >= total:
-                break
-            if time.monotonic() > deadline:
-                raise fail(
-                    f"{group} handled {done} of {total} messages of {topic} in {timeout_s:.0f}s"
-                )
-            time.sleep(0.5)
-    console.print(f"{group}: all {total} messages of {topic} handled")
-
-
-def _demo_corpus() -> Path:
-    """The shared real papers when present (tests and CI), else this project's own docs."""
-    shared = Path(os.environ.get("DISTILLERY_TEST_DATA", "../shared")) / "data" / "pdfs"
-    return (shared if shared.is_dir() else Path("docs")).resolve()
 
 
 if __name__ == "__main__":

@@ -95,15 +95,20 @@ def _show(found: Report, examples: int) -> None:
     table = Table("score", "base", "tuned", "delta", "95% CI")
     for name, score in found.scores.items():
         interval = ("–" if score.ci_low is None or score.ci_high is None
-                    else f"[{score.ci_low:+.4f}, {score.ci_high:+.4f}]")  # fmt: skip
+                    else f"[{_num(score.ci_low, '+')}, {_num(score.ci_high, '+')}]")  # fmt: skip
         label = name + ("" if score.higher_is_better else " ↓")
-        table.add_row(label, f"{score.base:.4f}", f"{score.tuned:.4f}", f"{score.delta:+.4f}",
+        table.add_row(label, _num(score.base), _num(score.tuned), _num(score.delta, "+"),
                       interval)  # fmt: skip
     console.print(table)
     for title, picked in (("most improved", found.improved), ("most degraded", found.degraded)):
         if picked[:examples]:
             console.print(f"[bold]{title}[/bold] ({found.domain_metric})")
             console.print(_examples(picked[:examples]))
+
+
+def _num(value: float, sign: str = "") -> str:
+    """Four decimals; perplexities in the millions in four significant digits."""
+    return f"{value:{sign}.4g}" if abs(value) >= 1e4 else f"{value:{sign}.4f}"
 
 
 def _examples(picked: list[Example]) -> Table:

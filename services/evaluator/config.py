@@ -57,6 +57,13 @@ class EvaluatorSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _checked(self) -> EvaluatorSettings:
+        offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+                      for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))  # fmt: skip
+        if self.arc_tasks and self.arc_dir is None and offline:
+            raise ValueError(
+                "EVALUATOR_ARC_DIR is unset and the hub is offline (HF_HUB_OFFLINE): point it "
+                "at a local ARC directory, or set EVALUATOR_ARC_TASKS=[] to leave ARC out"
+            )
         if self.arc_dir is not None:
             missing = [f"{ARC[t]}-test.jsonl" for t in self.arc_tasks
                        if not (self.arc_dir / f"{ARC[t]}-test.jsonl").is_file()]  # fmt: skip

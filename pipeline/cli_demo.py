@@ -1,0 +1,162 @@
+"""The demo's stages (`distillery demo`): a sample corpus through every service built so far on
+the embedded stack, each stage waited for and reported."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+from pipeline import bus, topics
+from pipeline.cli_common import console, fail, kafka_settings, read_all
+from pipeline.cli_scrape import submit
+from pipeline.cli_train import request_training
+from pipeline.messages import (
+    Checkpoint,
+    DlqRecord,
+    EvalResult,
+    FolderSource,
+    Pair,
+    RawDoc,
+    decode,
+)
+from pipeline.settings import KafkaSettings
+
+
+def _shared() -> Path:
+    return Path(os.environ.get("DISTILLERY_TEST_DATA", "../shared"))
+
+
+def demo_environment() -> None:
+    """What the demo's services are given, unless chosen already: the shared tiny model and
+    ARC when present (tests and CI); ARC left out otherwise, since the demo runs offline."""
+    model = _shared() / "models" / "stories260K"
+    if model.is_dir():
+        os.environ.setdefault("DISTILLERY_BASE_MODEL", str(model.resolve()))
+    arc = _shared() / "data" / "arc"
+    if arc.is_dir():
+        os.environ.setdefault("EVALUATOR_ARC_DIR", str(arc.resolve()))
+        os.environ.setdefault("EVALUATOR_ARC_LIMIT", "200")
+    elif "EVALUATOR_ARC_DIR" not in os.environ:
+        os.environ.setdefault("EVALUATOR_ARC_TASKS", "[]")
+    os.environ.setdefault("EVALUATOR_MAX_NEW_TOKENS", "48")
+
+
+def corpus() -> Path:
+    """The shared real papers when present (tests and CI), else this project's own docs."""
+    shared = _shared() / "data" / "pdfs"
+    return (shared if shared.is_dir() else Path("docs")).resolve()
+
+
+def stages(home: Path, running: set[str]) -> str:
+    """Every stage whose service runs, in order; the run's id."""
+    folder = corpus()
+    console.print(f"[bold]1. scrape[/bold] the folder {folder}")
+    run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    submit(FolderSource(path=str(folder)), run_id, True, "scraper", home, timeout_s=600)
+    settings = kafka_settings(home.resolve())
+    if "extractor" in running:
+        console.print(f"[bold]2. extract[/bold] {topics.RAW_DOCS} → {topics.PARSED_TEXT}")
+        drain(settings, "extractor", topics.RAW_DOCS, timeout_s=600)
+        for dead in read_all(settings, topics.dlq(topics.RAW_DOCS)):
+            record = decode(DlqRecord, dead.value)
+            doc = decode(RawDoc, record.original_value())
+            name = doc.source.url.rsplit("/", 1)[-1]
+            console.print(f"  dead-lettered {name}: {record.reason}", soft_wrap=True)
+    if "synthesizer" in running:
+        console.print(
+            f"[bold]3. synthesize[/bold] {topics.PARSED_TEXT} → {topics.PAIRS} "
+            "(reading-comprehension: tasks mined from the text, no LLM)"
+        )
+        drain(settings, "synthesizer", topics.PARSED_TEXT, timeout_s=600)
+        pairs = [decode(Pair, r.value) for r in read_all(settings, topics.PAIRS)]
+        tasks = Counter(p.task for p in pairs)
+        console.print(
+            f"  {len(pairs)} pairs: " + ", ".join(f"{t} {n}" for t, n in tasks.most_common())
+        )
+        if pairs:
+            sample = pairs[len(pairs) // 2]
+            console.print(
+                f"  e.g. [{sample.task}] {sample.instruction} → {sample.output}", soft_wrap=True
+            )
+    if "trainer" in running:
+        checkpoint = train(run_id, home, settings)
+        if "evaluator" in running:
+            evaluate(checkpoint, home, settings)
+    return run_id
+
+
+def train(run_id: str, home: Path, settings: KafkaSettings) -> Checkpoint:
+    """Stage 4: the trainer curates the run's pairs into a snapshot and trains an adapter."""
+    console.print(
+        f"[bold]4. train[/bold] {topics.PAIRS} → {topics.CHECKPOINTS}: the run's pairs curated "
+        "(duplicates, ROUGE-L near-duplicates, split by document, contamination check) and "
+        "trained with LoRA on CPU"
+    )
+    drain(settings, "trainer", topics.PAIRS, timeout_s=600)
+    request_training(run_id, wait=True, timeout_s=1800, home=home)
+    checkpoints = [decode(Checkpoint, r.value) for r in read_all(settings, topics.CHECKPOINTS)]
+    mine = [c for c in checkpoints if c.run_id == run_id]
+    if not mine:
+        raise fail(f"run {run_id} was trained, but no checkpoint of it is on {topics.CHECKPOINTS}")
+    checkpoint = mine[-1]
+    dataset, metrics = checkpoint.dataset, checkpoint.metrics
+    console.print(
+        f"  dataset {dataset.id}: {dataset.train_n} train, {dataset.eval_n} eval pairs; "
+        f"card {dataset.uri}/README.md",
+        soft_wrap=True,
+    )
+    console.print(
+        f"  {checkpoint.method} on {checkpoint.base_model}: {metrics['steps']:.0f} steps, "
+        f"held-out loss {metrics['eval_loss_before']:.3f} → {metrics['eval_loss_after']:.3f}"
+        f" per answer token",
+        soft_wrap=True,
+    )
+    return checkpoint
+
+
+def evaluate(checkpoint: Checkpoint, home: Path, settings: KafkaSettings) -> EvalResult:
+    """Stage 5: base vs tuned through lm-eval (ARC, the domain test on the held-out documents'
+    pairs, their perplexity), the verdict and the report."""
+    from pipeline.cli_report import report
+
+    arc = os.environ.get("EVALUATOR_ARC_DIR")
+    console.print(
+        f"[bold]5. evaluate[/bold] {topics.CHECKPOINTS} → {topics.EVAL_RESULTS}: base vs tuned "
+        f"with lm-eval: {'ARC from ' + arc if arc else 'no ARC (offline, no local copy)'}, the "
+        "domain test on the held-out documents' pairs (ROUGE), their perplexity"
+    )
+    drain(settings, "evaluator", topics.CHECKPOINTS, timeout_s=1800)
+    results = [decode(EvalResult, r.value) for r in read_all(settings, topics.EVAL_RESULTS)]
+    mine = [e for e in results if e.checkpoint_id == checkpoint.checkpoint_id]
+    if not mine:
+        dead = len(read_all(settings, topics.dlq(topics.CHECKPOINTS)))
+        raise fail(f"no evaluation of {checkpoint.checkpoint_id} on {topics.EVAL_RESULTS}; "
+                   f"{dead} dead letters on {topics.dlq(topics.CHECKPOINTS)}")  # fmt: skip
+    report(checkpoint.checkpoint_id, home=home, examples=2)
+    return mine[-1]
+
+
+def drain(settings: KafkaSettings, group: str, topic: str, timeout_s: float) -> None:
+    """Wait until `group` has committed everything `topic` holds, showing how far it is."""
+    reader = bus.consumer(settings, group_id=None)
+    try:
+        ends = bus.end_offsets(reader, bus.partitions_of(reader, topic))
+    finally:
+        reader.close()
+    total = sum(ends.values())
+    deadline = time.monotonic() + timeout_s
+    with console.status(f"{group}: 0/{total}") as progress:
+        while True:
+            committed = bus.committed(settings, group)
+            done = sum(min(committed.get(tp, 0), end) for tp, end in ends.items())
+            progress.update(f"{group}: {done}/{total} messages of {topic} handled")
+            if done >= total:
+                break
+            if time.monotonic() > deadline:
+                raise fail(
+                    f"{group} handled {done} of {total} messages of {topic} in {timeout_s:.0f}s"
+                )
+            time.sleep(0.5)
+    console.print(f"{group}: all {total} messages of {topic} handled")
