@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from pipeline import topics
@@ -46,6 +46,16 @@ class EvaluatorSettings(ServiceSettings):
     #: Most improved and most degraded examples shown in the report, each.
     report_examples: int = Field(10, ge=0)
 
+    #: The optional LLM judge (judge.py): any OpenAI-compatible endpoint and model compare
+    #: base and tuned answers blind. Unset: no judge.
+    judge_base_url: str | None = None
+    judge_model: str | None = None
+    judge_api_key: SecretStr | None = None
+    #: The first N domain examples are judged; requests at once.
+    judge_limit: int = Field(100, ge=1)
+    judge_concurrency: int = Field(8, ge=1)
+    judge_timeout_s: float = Field(60.0, gt=0)
+
     batch_size: int = Field(16, ge=1)
     #: "auto": CUDA when there is a GPU, else the CPU.
     device: str = "auto"
@@ -64,6 +74,8 @@ class EvaluatorSettings(ServiceSettings):
                 "EVALUATOR_ARC_DIR is unset and the hub is offline (HF_HUB_OFFLINE): point it "
                 "at a local ARC directory, or set EVALUATOR_ARC_TASKS=[] to leave ARC out"
             )
+        if (self.judge_base_url is None) != (self.judge_model is None):
+            raise ValueError("the judge needs EVALUATOR_JUDGE_BASE_URL and EVALUATOR_JUDGE_MODEL")
         if self.arc_dir is not None:
             missing = [f"{ARC[t]}-test.jsonl" for t in self.arc_tasks
                        if not (self.arc_dir / f"{ARC[t]}-test.jsonl").is_file()]  # fmt: skip

@@ -19,9 +19,9 @@ from services.evaluator.report import DocumentRow, Example
 
 #: Where a smaller number is the better model.
 LOWER_IS_BETTER = frozenset({"word_perplexity", "bits_per_byte"})
-#: The metrics a policy may promote on: the domain test's, and held-out perplexity's.
+#: The metrics a policy may promote on: the domain test's, held-out perplexity's, the judge's.
 DomainMetric = Literal["domain/rougeL", "domain/rouge1", "perplexity/bits_per_byte",
-                       "perplexity/word_perplexity"]  # fmt: skip
+                       "perplexity/word_perplexity", "judge/win_rate"]  # fmt: skip
 DOMAIN_METRICS = frozenset(get_args(DomainMetric))
 #: The metric of the general tasks (ARC) that must not fall too far.
 GENERAL_METRIC = "acc"

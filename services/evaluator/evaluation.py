@@ -29,6 +29,7 @@ from pipeline.errors import BadInput
 from pipeline.messages import Checkpoint, EvalResult
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.core import Comparison, Job, assess
+from services.evaluator.judge import Judge
 from services.evaluator.metrics import EvaluatorMetrics
 from services.evaluator.report import Report, render_html, review_sheet
 
@@ -56,11 +57,13 @@ class Evaluator:
         settings: EvaluatorSettings,
         blobs: BlobStore,
         metrics: EvaluatorMetrics,
+        judge: Judge | None = None,
         python: str = sys.executable,
     ) -> None:
         self.settings = settings
         self.blobs = blobs
         self.metrics = metrics
+        self.judge = judge
         self.python = python
 
     async def handle(self, checkpoint: Checkpoint) -> list[EvalResult]:
@@ -71,10 +74,13 @@ class Evaluator:
             return [self._result(report)]
         started = time.monotonic()
         work = self.settings.work_dir / ckpt
-        job = await asyncio.to_thread(self._prepare, checkpoint, work)
-        log.info("%s: evaluating %s against %s (%s)", ckpt, checkpoint.adapter_uri,
-                 checkpoint.base_model, _describe(job))  # fmt: skip
-        comparison = await self._run(work)
+        job, comparison = await asyncio.to_thread(self._prepare, checkpoint, work)
+        if comparison is None:
+            log.info("%s: evaluating %s against %s (%s)", ckpt, checkpoint.adapter_uri,
+                     checkpoint.base_model, _describe(job))  # fmt: skip
+            comparison = await self._run(work)
+        if self.judge is not None:
+            comparison = await self.judge.add_to(comparison)
         found = assess(comparison, self.settings.policy, examples=self.settings.report_examples,
                        resamples=self.settings.resamples)  # fmt: skip
         report = Report(
@@ -92,27 +98,32 @@ class Evaluator:
         log.info("%s: %s in %.0fs: %s", ckpt, report.verdict, seconds, report.reason)
         return [self._result(report)]
 
-    def _prepare(self, checkpoint: Checkpoint, work: Path) -> Job:
-        """The tuned weights and the held-out pairs, local; the child's job written."""
-        shutil.rmtree(work, ignore_errors=True)  # what a stopped evaluation left
-        tuned = get_tree(self.blobs, name_of(self.blobs, checkpoint.adapter_uri), work / "tuned")
-        examples = self._held_out(checkpoint.dataset.uri, checkpoint.dataset.eval_n, work)
-        settings = self.settings
+    def _prepare(self, checkpoint: Checkpoint, work: Path) -> tuple[Job, Comparison | None]:
+        """The child's job, written with the tuned weights and the held-out pairs beside it;
+        and the comparison the same job made already, if it did (the evaluation was done, and
+        the judge or the store failed after it)."""
+        settings, eval_n = self.settings, checkpoint.dataset.eval_n
         job = Job(
-            base_model=checkpoint.base_model, tuned=tuned, examples=examples,
+            base_model=checkpoint.base_model, tuned=work / "tuned",
+            examples=work / "held_out.jsonl" if eval_n else None,
             prompt_format=str(checkpoint.hyperparameters.get("data.prompt_format", "alpaca")),
             max_new_tokens=settings.max_new_tokens, perplexity=settings.perplexity,
             arc_tasks=list(settings.arc_tasks), arc_dir=settings.arc_dir,
             arc_limit=settings.arc_limit, batch_size=settings.batch_size, device=settings.device,
         )  # fmt: skip
-        (work / "job.json").write_text(job.model_dump_json(indent=2), encoding="utf-8")
-        return job
+        done, job_file = work / "comparison.json", work / "job.json"
+        if done.is_file() and job_file.is_file() and job_file.read_text() == _json(job):
+            return job, Comparison.model_validate_json(done.read_text(encoding="utf-8"))
+        shutil.rmtree(work, ignore_errors=True)  # what a stopped or older evaluation left
+        get_tree(self.blobs, name_of(self.blobs, checkpoint.adapter_uri), job.tuned)
+        if job.examples is not None:
+            self._held_out(checkpoint.dataset.uri, job.examples)
+        job_file.write_text(_json(job), encoding="utf-8")
+        return job, None
 
-    def _held_out(self, dataset_uri: str, eval_n: int, work: Path) -> Path | None:
+    def _held_out(self, dataset_uri: str, path: Path) -> None:
         """The dataset's eval split (its first `domain_limit` pairs), each with the document
-        it came from; None when the dataset holds none out."""
-        if eval_n == 0:
-            return None
+        it came from, written to `path`."""
         records = _jsonl(self.blobs.get(f"{dataset_uri}/alpaca/eval.jsonl"))
         provenance = _jsonl(self.blobs.get(f"{dataset_uri}/provenance.jsonl"))
         # Provenance lists the pairs split by split, in the order of the split files.
@@ -121,11 +132,9 @@ class Evaluator:
             raise BadInput(f"{dataset_uri}: {len(records)} eval pairs but {len(documents)} "
                            "in its provenance", reason="dataset_inconsistent")  # fmt: skip
         rows = [r | {"document": d} for r, d in zip(records, documents, strict=True)]
-        path = work / "held_out.jsonl"
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
                                 for r in rows[: self.settings.domain_limit]),
                         encoding="utf-8")  # fmt: skip
-        return path
 
     async def _run(self, work: Path) -> Comparison:
         """The child's comparison; BadInput with the end of its log if it fails."""
@@ -165,6 +174,10 @@ class Evaluator:
             verdict=report.verdict, reason=report.reason,
             report_uri=self.blobs.uri(f"{folder_of(report.checkpoint_id)}/{PAGE}"),
         )  # fmt: skip
+
+
+def _json(job: Job) -> str:
+    return job.model_dump_json(indent=2)
 
 
 def _jsonl(data: bytes) -> list[dict[str, Any]]:

@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     tasks, limits = tasks_for(job, out.parent)
     comparison = compare(job.base_model, job.tuned, tasks, batch_size=job.batch_size,
                          limits=limits, device=job.device)  # fmt: skip
-    out.write_text(comparison.model_dump_json(), encoding="utf-8")
+    # Whole or not at all: the service takes a comparison.json it finds as done.
+    partial = out.with_suffix(".partial")
+    partial.write_text(comparison.model_dump_json(), encoding="utf-8")
+    partial.replace(out)
 
 
 if __name__ == "__main__":

@@ -9,23 +9,28 @@ import asyncio
 import csv
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
+import openai
 import pytest
 from prometheus_client import CollectorRegistry
 
 from pipeline import topics
 from pipeline.blobstore import BlobStore, open_store
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, Retryable
 from pipeline.messages import Checkpoint, EvalResult, decode
 from pipeline.settings import BlobSettings, KafkaSettings
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.evaluation import Evaluator, stored_report
+from services.evaluator.judge import Judge
 from services.evaluator.metrics import EvaluatorMetrics
 from services.evaluator.report import Report
 from tests.support.bus_harness import TopicReader
 from tests.support.evaluator import stage, untrained_adapter
+from tests.support.fake_llm import FakeLLM, Fault
+from tests.support.judge import judge_by_reference
 from tests.support.service_rig import ServiceRig
 from tests.support.trainer import Trained
 
@@ -102,21 +107,42 @@ def test_a_trained_adapter_is_promoted_with_its_report_stored(
     assert evaluate(again, checkpoint) == result
 
 
-def test_an_adapter_that_changes_nothing_is_rejected(
+def test_an_adapter_that_changes_nothing_is_rejected_and_the_judge_sees_ties(
     test_data: Path, paper_adapter: Trained, blobs: BlobStore, tmp_path: Path
 ) -> None:
     base_model = paper_adapter.recipe.base_model
     adapter = untrained_adapter(base_model, tmp_path / "untrained")
     checkpoint = stage(blobs, paper_adapter.dataset, adapter, "ckpt-untrained",
                        base_model=base_model)  # fmt: skip
-    evaluator = Evaluator(settings(test_data, tmp_path / "work", perplexity=False), blobs,
-                          EvaluatorMetrics("evaluator", CollectorRegistry()))  # fmt: skip
-    result = evaluate(evaluator, checkpoint)
+    config = settings(test_data, tmp_path / "work", perplexity=False)
+
+    def judged(fake: FakeLLM, python: str) -> EvalResult:
+        async def go() -> EvalResult:
+            async with openai.AsyncOpenAI(api_key="test-key", base_url=fake.openai_base_url,
+                                          max_retries=0) as client:  # fmt: skip
+                judge = Judge(client, "judge-model", limit=20)
+                evaluator = Evaluator(config, blobs, EvaluatorMetrics("e", CollectorRegistry()),
+                                      judge, python=python)  # fmt: skip
+                (result,) = await evaluator.handle(checkpoint)
+                return result
+
+        return asyncio.run(go())
+
+    # The judge fails after the evaluation: retried later, the evaluation is not redone (no
+    # Python to run one the second time).
+    with FakeLLM(fault_rate=1.0, random_faults=[Fault.UNAVAILABLE]) as overloaded:
+        with pytest.raises(Retryable):
+            judged(overloaded, sys.executable)
+    assert stored_report(blobs, "ckpt-untrained") is None
+    with FakeLLM(responder=judge_by_reference) as fake:
+        result = judged(fake, "/nonexistent")
     assert result.verdict == "reject"
     assert result.reason == (
         "domain/rougeL did not improve beyond its interval (+0.0000, 95% CI [+0.0000, +0.0000])"
     )
     assert all(s.delta == 0 for s in result.scores.values()), result.scores
+    judge_score = result.scores["judge/win_rate"]  # the same answers: a tie every time
+    assert (judge_score.base, judge_score.tuned) == (0.5, 0.5)
     report = stored_report(blobs, "ckpt-untrained")
     assert report is not None and report.improved == report.degraded == []
 
