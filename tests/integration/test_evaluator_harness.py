@@ -8,10 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from lm_eval.tasks import TaskManager
 from transformers import AutoTokenizer
 
-from services.evaluator.core import Comparison, compare_task, paired_bootstrap
+from services.evaluator.core import Comparison, Job, compare_task, paired_bootstrap
 from services.evaluator.harness import compare
+from services.evaluator.run import held_out_text, tasks_for
 from services.evaluator.tasks import arc_task, domain_task, perplexity_task
 from services.trainer.core import prompt_and_answer
 from services.trainer.train import read_split
@@ -87,3 +89,35 @@ def test_the_domain_test_is_written_as_jsonl(tmp_path: Path) -> None:
         domain_task([], tmp_path / "e.jsonl")
     with pytest.raises(ValueError, match="arc_easy: no"):
         arc_task("arc_easy", tmp_path)
+
+
+def test_a_job_becomes_its_tasks_local_or_by_hub_name(test_data: Path, tmp_path: Path) -> None:
+    records = [
+        {"instruction": "Define X.", "input": "X is a thing.", "output": "A thing.",
+         "document": "paper 1"},
+        {"instruction": "Say more.", "input": "X is a thing.", "output": "Much more.",
+         "document": "paper 1"},
+    ]  # fmt: skip
+    examples = tmp_path / "held_out.jsonl"
+    examples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    model = str(test_data / "models" / "stories260K")
+    job = Job(base_model=model, tuned=tmp_path, examples=examples, arc_tasks=["arc_easy"],
+              arc_dir=test_data / "data" / "arc", arc_limit=5,
+              prompt_format="question_answer")  # fmt: skip
+    tasks, limits = tasks_for(job, tmp_path)
+    names = [t if isinstance(t, str) else t["task"] for t in tasks]
+    assert names == ["distillery_arc_easy", "distillery_domain", "distillery_perplexity"]
+    assert limits == {"distillery_arc_easy": 5}
+    rows = [json.loads(line) for line in (tmp_path / "domain.jsonl").read_text().splitlines()]
+    assert rows[0] == {"prompt": "question: Define X.\n\nX is a thing. answer:",
+                       "reference": " A thing.", "document": "paper 1"}  # fmt: skip
+    # Each passage and answer once: the shared input is not scored twice.
+    assert held_out_text(records) == ["X is a thing.", "A thing.", "Much more."]
+
+    # Without a local copy, ARC is lm-eval's own hub tasks, by names this lm-eval knows.
+    hub = job.model_copy(update={"arc_dir": None, "arc_tasks": ["arc_easy", "arc_challenge"],
+                                 "examples": None})  # fmt: skip
+    tasks, limits = tasks_for(hub, tmp_path)
+    assert tasks == ["arc_easy", "arc_challenge"]
+    assert limits == {"arc_easy": 5, "arc_challenge": 5}
+    assert {"arc_easy", "arc_challenge"} <= set(TaskManager().all_tasks)
