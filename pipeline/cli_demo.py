@@ -131,9 +131,11 @@ def evaluate(checkpoint: Checkpoint, home: Path, settings: KafkaSettings) -> Eva
     results = [decode(EvalResult, r.value) for r in read_all(settings, topics.EVAL_RESULTS)]
     mine = [e for e in results if e.checkpoint_id == checkpoint.checkpoint_id]
     if not mine:
-        dead = len(read_all(settings, topics.dlq(topics.CHECKPOINTS)))
-        raise fail(f"no evaluation of {checkpoint.checkpoint_id} on {topics.EVAL_RESULTS}; "
-                   f"{dead} dead letters on {topics.dlq(topics.CHECKPOINTS)}")  # fmt: skip
+        dead = read_all(settings, topics.dlq(topics.CHECKPOINTS))
+        why = [f"{d.reason}: {d.error}" for d in (decode(DlqRecord, r.value) for r in dead)
+               if d.original_key == checkpoint.run_id]  # checkpoints are keyed by run  # fmt: skip
+        raise fail(f"no evaluation of {checkpoint.checkpoint_id} on {topics.EVAL_RESULTS}"
+                   + (f"; dead-lettered: {why[-1]}" if why else ""))  # fmt: skip
     report(checkpoint.checkpoint_id, home=home, examples=2)
     return mine[-1]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
@@ -44,6 +45,8 @@ def report(
         found = stored_report(blobs, checkpoint)
     except BadInput as exc:
         raise fail(str(exc)) from None
+    except ValidationError as exc:
+        raise fail(f"the report of {checkpoint} is not one this version reads: {exc}") from None
     if found is None:
         known = _evaluated(blobs)
         raise fail(f"no evaluation of {checkpoint!r} in {blobs.uri('evaluations')}"
@@ -77,7 +80,11 @@ def _list(blobs: BlobStore) -> None:
         return
     table = Table("checkpoint", "run", "verdict", "reason")
     for name in known:
-        found = stored_report(blobs, name)
+        try:
+            found = stored_report(blobs, name)
+        except ValidationError:
+            table.add_row(name, "", "?", "a report this version cannot read")
+            continue
         if found is not None:  # an evaluation whose report is still being written
             table.add_row(name, escape(found.run_id), _verdict(found.verdict),
                           escape(found.reason))  # fmt: skip

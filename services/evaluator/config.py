@@ -59,8 +59,9 @@ class EvaluatorSettings(ServiceSettings):
     batch_size: int = Field(16, ge=1)
     #: "auto": CUDA when there is a GPU, else the CPU.
     device: str = "auto"
-    #: Scratch for the adapter, the held-out data and the child's results: emptied after each
-    #: checkpoint. Default: $DISTILLERY_HOME/evaluator.
+    #: Scratch for the adapter, the held-out data and the child's results: a checkpoint's is
+    #: removed once its report is stored or it is dead-lettered (a finished comparison stays
+    #: for a retry to reuse). Default: $DISTILLERY_HOME/evaluator.
     work_dir: Path = Field(
         default_factory=lambda: Path(os.environ.get("DISTILLERY_HOME", ".distillery")) / "evaluator"
     )
@@ -76,6 +77,15 @@ class EvaluatorSettings(ServiceSettings):
             )
         if (self.judge_base_url is None) != (self.judge_model is None):
             raise ValueError("the judge needs EVALUATOR_JUDGE_BASE_URL and EVALUATOR_JUDGE_MODEL")
+        if self.domain_metric.startswith("judge/") and self.judge_model is None:
+            raise ValueError(f"EVALUATOR_DOMAIN_METRIC {self.domain_metric} needs the judge "
+                             "(EVALUATOR_JUDGE_BASE_URL and EVALUATOR_JUDGE_MODEL)")  # fmt: skip
+        if self.domain_metric.startswith("perplexity/") and not self.perplexity:
+            raise ValueError(f"EVALUATOR_DOMAIN_METRIC {self.domain_metric} needs "
+                             "EVALUATOR_PERPLEXITY=true")  # fmt: skip
+        if self.concurrency != 1:
+            raise ValueError("EVALUATOR_CONCURRENCY must be 1: one evaluation per replica "
+                             "holds the model; scale with replicas")  # fmt: skip
         if self.arc_dir is not None:
             missing = [f"{ARC[t]}-test.jsonl" for t in self.arc_tasks
                        if not (self.arc_dir / f"{ARC[t]}-test.jsonl").is_file()]  # fmt: skip

@@ -67,6 +67,8 @@ class Job(_Frozen):
     #: Held-out pairs, jsonl of {instruction, input, output, document}; None: no domain test.
     examples: Path | None
     prompt_format: str
+    #: The first N held-out pairs make the domain test; None: all.
+    domain_limit: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(128, ge=1)
     perplexity: bool = True
     arc_tasks: list[str] = []
@@ -139,7 +141,9 @@ def paired_bootstrap(
     whole_b, whole_t = float(statistic(b[None])[0]), float(statistic(t[None])[0])
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(b), size=(resamples, len(b)))
-    differences = statistic(t[picks]) - statistic(b[picks])
+    # In blocks of resamples: all at once is resamples x n x columns floats (GBs at 10^5).
+    blocks = np.array_split(picks, -(-resamples // max(1, 2**22 // max(1, b.size))))
+    differences = np.concatenate([statistic(t[p]) - statistic(b[p]) for p in blocks])
     tail = (1 - confidence) / 2
     low, high = np.quantile(differences, [tail, 1 - tail])
     return Delta(whole_b, whole_t, whole_t - whole_b, float(low), float(high), len(b))
@@ -209,11 +213,10 @@ def decide(domain: Delta, general: Mapping[str, Delta], policy: Policy) -> Verdi
 
 def extremes(base: Sequence[float], tuned: Sequence[float], n: int) -> tuple[list[int], list[int]]:
     """The indices of the `n` examples most improved and the `n` most degraded (tuned - base),
-    largest change first; ties keep example order. An example is in one list at most."""
+    largest change first; among equal changes, the earlier example first."""
     change = np.asarray(tuned, dtype=np.float64) - np.asarray(base, dtype=np.float64)
-    order = np.argsort(-change, kind="stable")
-    improved = [int(i) for i in order[:n] if change[i] > 0]
-    degraded = [int(i) for i in order[::-1][:n] if change[i] < 0 and int(i) not in improved]
+    improved = [int(i) for i in np.argsort(-change, kind="stable")[:n] if change[i] > 0]
+    degraded = [int(i) for i in np.argsort(change, kind="stable")[:n] if change[i] < 0]
     return improved, degraded
 
 
@@ -247,9 +250,13 @@ def assess(
                if n.endswith(f"/{GENERAL_METRIC}") and n not in DOMAIN_METRICS}  # fmt: skip
     if policy.domain_metric in deltas:
         verdict = decide(deltas[policy.domain_metric], general, policy)
-    else:
+    elif DOMAIN_TASK not in comparison.base:
         verdict = Verdict(False, f"no {policy.domain_metric} to judge by: the checkpoint's "
                                  "dataset has no held-out pairs")  # fmt: skip
+    else:
+        why = ("the judge gave no readable verdict" if policy.domain_metric.startswith("judge/")
+               else "it was not measured")  # fmt: skip
+        verdict = Verdict(False, f"no {policy.domain_metric} to judge by: {why}")
     if DOMAIN_TASK not in comparison.base:
         return Assessment(scores, verdict, [], [], [], [])
     metric = policy.domain_metric.split("/")[1]

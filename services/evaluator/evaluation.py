@@ -15,17 +15,19 @@ an evaluation runs for minutes or hours; a stopping service ends the child at on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from pipeline.blobstore import BlobStore, get_tree, name_of
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, Retryable
 from pipeline.messages import Checkpoint, EvalResult
 from services.evaluator.config import EvaluatorSettings
 from services.evaluator.core import Comparison, Job, assess
@@ -65,6 +67,8 @@ class Evaluator:
         self.metrics = metrics
         self.judge = judge
         self.python = python
+        self._children: set[int] = set()  # evaluation processes running, by pid
+        _prune(settings.work_dir)
 
     async def handle(self, checkpoint: Checkpoint) -> list[EvalResult]:
         ckpt = checkpoint.checkpoint_id
@@ -74,29 +78,43 @@ class Evaluator:
             return [self._result(report)]
         started = time.monotonic()
         work = self.settings.work_dir / ckpt
-        job, comparison = await asyncio.to_thread(self._prepare, checkpoint, work)
-        if comparison is None:
-            log.info("%s: evaluating %s against %s (%s)", ckpt, checkpoint.adapter_uri,
-                     checkpoint.base_model, _describe(job))  # fmt: skip
-            comparison = await self._run(work)
-        if self.judge is not None:
-            comparison = await self.judge.add_to(comparison)
-        found = assess(comparison, self.settings.policy, examples=self.settings.report_examples,
-                       resamples=self.settings.resamples)  # fmt: skip
-        report = Report(
-            checkpoint_id=ckpt, run_id=checkpoint.run_id, base_model=checkpoint.base_model,
-            adapter_uri=checkpoint.adapter_uri, dataset_id=checkpoint.dataset.id,
-            domain_metric=self.settings.domain_metric,
-            verdict="promote" if found.verdict.promote else "reject",
-            reason=found.verdict.reason, scores=found.scores, improved=found.improved,
-            degraded=found.degraded, documents=found.documents,
-        )  # fmt: skip
-        await asyncio.to_thread(self._store, report, review_sheet(found.review))
+        try:
+            report, sheet = await self._evaluate(checkpoint, work)
+        except BadInput:
+            shutil.rmtree(work, ignore_errors=True)  # dead-lettered: nothing here to reuse
+            raise
+        await asyncio.to_thread(self._store, report, sheet)
         shutil.rmtree(work, ignore_errors=True)
         seconds = time.monotonic() - started
         self.metrics.evaluated(report.verdict, seconds, report.scores)
         log.info("%s: %s in %.0fs: %s", ckpt, report.verdict, seconds, report.reason)
         return [self._result(report)]
+
+    async def _evaluate(self, checkpoint: Checkpoint, work: Path) -> tuple[Report, str]:
+        """The report and the review sheet. The work directory is left for a retry to reuse
+        (Retryable: the judge or the store failed after the evaluation)."""
+        job, comparison = await asyncio.to_thread(self._prepare, checkpoint, work)
+        if comparison is None:
+            log.info("%s: evaluating %s against %s (%s)", checkpoint.checkpoint_id,
+                     checkpoint.adapter_uri, checkpoint.base_model, _describe(job))  # fmt: skip
+            comparison = await self._run(work)
+            # Done with the weights (GBs for a full fine-tune); a retry reuses the comparison.
+            await asyncio.to_thread(shutil.rmtree, job.tuned, True)
+        if self.judge is not None:
+            comparison = await self.judge.add_to(comparison)
+        settings = self.settings
+        found = await asyncio.to_thread(assess, comparison, settings.policy,
+                                        examples=settings.report_examples,
+                                        resamples=settings.resamples)  # fmt: skip
+        report = Report(
+            checkpoint_id=checkpoint.checkpoint_id, run_id=checkpoint.run_id,
+            base_model=checkpoint.base_model, adapter_uri=checkpoint.adapter_uri,
+            dataset_id=checkpoint.dataset.id, domain_metric=settings.domain_metric,
+            verdict="promote" if found.verdict.promote else "reject",
+            reason=found.verdict.reason, scores=found.scores, improved=found.improved,
+            degraded=found.degraded, documents=found.documents,
+        )  # fmt: skip
+        return report, review_sheet(found.review)
 
     def _prepare(self, checkpoint: Checkpoint, work: Path) -> tuple[Job, Comparison | None]:
         """The child's job, written with the tuned weights and the held-out pairs beside it;
@@ -107,6 +125,7 @@ class Evaluator:
             base_model=checkpoint.base_model, tuned=work / "tuned",
             examples=work / "held_out.jsonl" if eval_n else None,
             prompt_format=str(checkpoint.hyperparameters.get("data.prompt_format", "alpaca")),
+            domain_limit=settings.domain_limit,
             max_new_tokens=settings.max_new_tokens, perplexity=settings.perplexity,
             arc_tasks=list(settings.arc_tasks), arc_dir=settings.arc_dir,
             arc_limit=settings.arc_limit, batch_size=settings.batch_size, device=settings.device,
@@ -122,8 +141,7 @@ class Evaluator:
         return job, None
 
     def _held_out(self, dataset_uri: str, path: Path) -> None:
-        """The dataset's eval split (its first `domain_limit` pairs), each with the document
-        it came from, written to `path`."""
+        """The dataset's eval split, each pair with the document it came from, to `path`."""
         records = _jsonl(self.blobs.get(f"{dataset_uri}/alpaca/eval.jsonl"))
         provenance = _jsonl(self.blobs.get(f"{dataset_uri}/provenance.jsonl"))
         # Provenance lists the pairs split by split, in the order of the split files.
@@ -132,34 +150,47 @@ class Evaluator:
             raise BadInput(f"{dataset_uri}: {len(records)} eval pairs but {len(documents)} "
                            "in its provenance", reason="dataset_inconsistent")  # fmt: skip
         rows = [r | {"document": d} for r, d in zip(records, documents, strict=True)]
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                for r in rows[: self.settings.domain_limit]),
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                         encoding="utf-8")  # fmt: skip
 
     async def _run(self, work: Path) -> Comparison:
-        """The child's comparison; BadInput with the end of its log if it fails."""
+        """The child's comparison. A child ended by a signal (an OOM kill, say) is Retryable;
+        one that failed is BadInput, with the end of its log."""
         out, log_path = work / "comparison.json", work / "evaluate.log"
         env = dict(os.environ)
         # The datasets library caches every json task it builds: here, not in $HOME.
         env.setdefault("HF_DATASETS_CACHE", str(work / "datasets-cache"))
         with log_path.open("ab") as err:
+            # Its own session: a Ctrl-C meant for the service does not kill the evaluation
+            # (the service decides), and killpg takes whatever the child started with it.
             child = await asyncio.create_subprocess_exec(
                 self.python, "-m", "services.evaluator.run", str(work / "job.json"), str(out),
-                stdout=err, stderr=err, env=env,
+                stdout=err, stderr=err, env=env, start_new_session=True,
             )  # fmt: skip
+            self._children.add(child.pid)
             try:
                 code = await child.wait()
             except asyncio.CancelledError:  # the service is stopping: evaluate again later
-                child.kill()
+                _kill(child.pid)
                 await child.wait()
                 raise
+            finally:
+                self._children.discard(child.pid)
+        if code < 0:
+            raise Retryable(f"the evaluation was ended by signal {-code}")
         if code != 0:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
             raise BadInput(
                 f"evaluation failed (exit {code}): {' | '.join(tail) or 'no output'}",
                 reason="evaluation_failed",
             )
-        return Comparison.model_validate_json(out.read_text(encoding="utf-8"))
+        text = await asyncio.to_thread(out.read_text, encoding="utf-8")
+        return Comparison.model_validate_json(text)
+
+    def close(self) -> None:
+        """End the evaluations still running (the worker loop has given up on them)."""
+        for pid in list(self._children):
+            _kill(pid)
 
     def _store(self, report: Report, sheet: str) -> None:
         folder = folder_of(report.checkpoint_id)
@@ -174,6 +205,19 @@ class Evaluator:
             verdict=report.verdict, reason=report.reason,
             report_uri=self.blobs.uri(f"{folder_of(report.checkpoint_id)}/{PAGE}"),
         )  # fmt: skip
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _prune(work_dir: Path) -> None:
+    """What earlier processes left, but for finished evaluations a retry may still reuse."""
+    if work_dir.is_dir():
+        for leftover in work_dir.iterdir():
+            if not (leftover / "comparison.json").is_file():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _json(job: Job) -> str:

@@ -37,16 +37,20 @@ Answer B:
 
 Which answer is more correct and closer to the reference? Reply with one word: A, B or tie."""
 
-_VERDICT = re.compile(r"\b(A|B|tie)\b", re.IGNORECASE)
+_TIE = re.compile(r"\btie\b", re.IGNORECASE)
+_LETTER = re.compile(r"\b(A|B)\b")  # capitals only: "a tie" is not answer A
 
 
 def read_verdict(answer: str) -> str | None:
-    """ "A", "B" or "tie" from the judge's answer ("B", "Answer A.", "**Tie**"), else None."""
-    match = _VERDICT.search(answer)
-    if match is None:
-        return None
-    word = match.group(1)
-    return "tie" if word.lower() == "tie" else word.upper()
+    """The judge's verdict, "A", "B" or "tie" ("B", "Answer A.", "**Tie**", "It's a tie"),
+    or None when it gave none."""
+    bare = answer.strip().strip("*_.`'\" ").upper()
+    if bare in ("A", "B"):
+        return bare
+    if _TIE.search(answer):
+        return "tie"
+    match = _LETTER.search(answer)
+    return match.group(1) if match else None
 
 
 class Judge:
@@ -74,10 +78,14 @@ class Judge:
         order = random.Random(self.seed)  # noqa: S311 - a fair coin per example, not a secret
         tuned_first = [order.random() < 0.5 for _ in base]
         slots = asyncio.Semaphore(self.concurrency)  # of this loop: each add_to may have its own
-        verdicts = await asyncio.gather(*(
-            self._ask(b, t, first, slots)
-            for b, t, first in zip(base, tuned, tuned_first, strict=True)
-        ))  # fmt: skip
+        # A task group: when one request fails for good, the others are cancelled with it.
+        try:
+            async with asyncio.TaskGroup() as group:
+                asked = [group.create_task(self._ask(b, t, first, slots))
+                         for b, t, first in zip(base, tuned, tuned_first, strict=True)]  # fmt: skip
+        except ExceptionGroup as failed:  # the first failure says it for all
+            raise failed.exceptions[0] from None
+        verdicts = [task.result() for task in asked]
         picked = [(b, w) for b, w in zip(base, verdicts, strict=True) if w is not None]
         if not picked:
             return comparison
@@ -111,6 +119,8 @@ class Judge:
             except (openai.APIConnectionError, openai.RateLimitError,
                     openai.InternalServerError) as exc:  # fmt: skip
                 raise Retryable(f"the judge at {self.client.base_url}: {exc}") from exc
+            except openai.BadRequestError:  # this example (too long, filtered): no verdict
+                return None
             except openai.APIStatusError as exc:
                 raise BadInput(f"the judge at {self.client.base_url} refused: {exc}",
                                reason="judge_refused") from exc  # fmt: skip

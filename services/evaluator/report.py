@@ -59,10 +59,15 @@ def review_sheet(examples: list[Example]) -> str:
                      "tuned_score", "grade_base (1-5)", "grade_tuned (1-5)", "error_type",
                      "notes"])  # fmt: skip
     for e in examples:
-        scores = [f"{e.base_score:.4f}", f"{e.tuned_score:.4f}"]
-        writer.writerow([e.document, e.prompt, e.reference, e.base, e.tuned, *scores,
-                         "", "", "", ""])  # fmt: skip
+        texts = [_inert(t) for t in (e.document, e.prompt, e.reference, e.base, e.tuned)]
+        writer.writerow([*texts, f"{e.base_score:.4f}", f"{e.tuned_score:.4f}", "", "", "", ""])
     return out.getvalue()
+
+
+def _inert(text: str) -> str:
+    """Text a spreadsheet would run as a formula (=, +, -, @ first: OWASP's CSV injection)
+    shown as text instead, behind a quote."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def render_html(report: Report) -> str:
@@ -80,7 +85,7 @@ dataset {escape(report.dataset_id)} · adapter <code>{escape(report.adapter_uri)
 {escape(report.reason)}</p>
 <h2>Scores, base vs tuned</h2>
 {_scores_table(report.scores)}
-<h2>Deltas with 95% intervals</h2>
+<h2>Change relative to the base, with 95% intervals</h2>
 {_chart(report.scores)}
 <h2>Most improved ({escape(report.domain_metric)})</h2>
 {_examples_table(report.improved, "improved")}
@@ -137,8 +142,23 @@ def _scores_table(rows: dict[str, TaskScore]) -> str:
     )
 
 
-def _chart(rows: dict[str, TaskScore]) -> str:
-    """Horizontal bars of each delta around zero, with the interval as a whisker (SVG)."""
+def _relative(row: TaskScore) -> TaskScore:
+    """The change as a fraction of the base score, so that accuracy, ROUGE and perplexity in
+    the millions share one axis."""
+    if row.base == 0:
+        return row
+
+    def part(v: float | None) -> float | None:
+        return None if v is None else v / abs(row.base)
+
+    return row.model_copy(update={"delta": part(row.delta), "ci_low": part(row.ci_low),
+                                  "ci_high": part(row.ci_high)})  # fmt: skip
+
+
+def _chart(scores: dict[str, TaskScore]) -> str:
+    """Horizontal bars of each change relative to the base score, around zero, with the
+    interval as a whisker (SVG)."""
+    rows = {name: _relative(r) for name, r in scores.items()}
     width, label, row_h = 640, 220, 26
     span = max([abs(v) for r in rows.values() for v in (r.delta, r.ci_low, r.ci_high)
                 if v is not None] + [1e-9])  # fmt: skip
@@ -154,7 +174,8 @@ def _chart(rows: dict[str, TaskScore]) -> str:
         colour = {"better": "#137333", "worse": "#b3261e"}.get(_direction(r), "#888")
         left, right = sorted((x(0), x(r.delta)))
         parts.append(
-            f"<text x='{label - 8}' y='{y + 13}' text-anchor='end'>{escape(name)}</text>"
+            f"<text x='{label - 8}' y='{y + 13}' text-anchor='end'>{escape(name)} "
+            f"{r.delta:+.0%}</text>"
             f"<rect x='{left:.1f}' y='{y + 2}' width='{max(right - left, 1):.1f}' height='14' "
             f"fill='{colour}'/>"
         )

@@ -32,16 +32,26 @@ def tasks_for(job: Job, scratch: Path) -> tuple[list[Task], dict[str, int]]:
             limits[task if isinstance(task, str) else task["task"]] = job.arc_limit
     if job.examples is None:
         return tasks, limits
-    records = [json.loads(line) for line in job.examples.read_text(encoding="utf-8").splitlines()]
+    lines = job.examples.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines[: job.domain_limit]]
     tokenizer = AutoTokenizer.from_pretrained(job.base_model)
     rows = []
     for record in records:
-        prompt, reference = prompt_and_answer(record, job.prompt_format, tokenizer)
-        rows.append({"prompt": prompt, "reference": reference, "document": record["document"]})
+        prompt, answer = prompt_and_answer(record, job.prompt_format, tokenizer)
+        rows.append({"prompt": prompt, "reference": _plain(answer, tokenizer),
+                     "document": record["document"]})  # fmt: skip
     tasks.append(domain_task(rows, scratch / "domain.jsonl", max_new_tokens=job.max_new_tokens))
     if job.perplexity:
         tasks.append(perplexity_task(held_out_text(records), scratch / "text.jsonl"))
     return tasks, limits
+
+
+def _plain(answer: str, tokenizer: Any) -> str:
+    """The reference as text: a chat template's answer ends with its turn's closing tokens
+    (`<|eot_id|>`), which ROUGE would count as words the model must say."""
+    for token in tokenizer.all_special_tokens:
+        answer = answer.replace(token, "")
+    return answer.rstrip()
 
 
 def held_out_text(records: list[dict[str, Any]]) -> list[str]:

@@ -92,7 +92,8 @@ def test_a_judge_that_keeps_failing_is_retried_later_and_a_bad_key_is_refused() 
 @pytest.mark.parametrize(
     ("answer", "verdict"),
     [("A", "A"), ("b", "B"), ("Answer B.", "B"), ("**Tie**", "tie"), ("tie.", "tie"),
-     ("Neither", None), ("", None), ("Banana", None)],
+     ("It's a tie.", "tie"), ("a", "A"), ("Neither", None), ("", None), ("Banana", None),
+     ("a draw, I think", None)],
 )  # fmt: skip
 def test_verdicts_are_read_from_what_judges_write(answer: str, verdict: str | None) -> None:
     assert read_verdict(answer) == verdict

@@ -163,6 +163,15 @@ def test_a_missing_adapter_or_a_failing_evaluation_is_a_bad_checkpoint(
     assert failed.value.reason == "evaluation_failed"
     assert "no-such-model" in str(failed.value)
     assert stored_report(blobs, "ckpt-x") is None
+    assert not (tmp_path / "work" / "ckpt-x").exists()  # dead-lettered: nothing kept
+
+    # Ended by a signal (the OOM killer, say): not the checkpoint's fault, tried again.
+    killed = tmp_path / "killed-python"
+    killed.write_text("#!/bin/sh\nkill -9 $$\n")
+    killed.chmod(0o755)
+    oom = Evaluator(evaluator.settings, blobs, evaluator.metrics, python=str(killed))
+    with pytest.raises(Retryable, match="ended by signal 9"):
+        evaluate(oom, checkpoint)
 
 
 def test_the_service_answers_on_the_broker_and_evaluates_again_after_a_stop(

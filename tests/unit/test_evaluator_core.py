@@ -184,3 +184,12 @@ def test_without_held_out_pairs_there_is_nothing_to_promote_on() -> None:
     assert not found.verdict.promote
     assert "no domain/rougeL to judge by" in found.verdict.reason
     assert found.improved == found.degraded == found.documents == []
+
+
+def test_many_examples_are_resampled_in_blocks_with_the_same_result() -> None:
+    rng = np.random.default_rng(5)
+    base, tuned = rng.random(5000), rng.random(5000)
+    delta = paired_bootstrap(base.tolist(), tuned.tolist(), seed=9)  # several blocks
+    picks = np.random.default_rng(9).integers(0, 5000, size=(2000, 5000))
+    expected = np.quantile((tuned - base)[picks].mean(axis=1), [0.025, 0.975])
+    assert (delta.low, delta.high) == pytest.approx(tuple(expected), abs=1e-12)

@@ -48,3 +48,18 @@ def test_the_review_sheet_round_trips_through_a_csv_reader() -> None:
     assert rows[0][-4:] == ["grade_base (1-5)", "grade_tuned (1-5)", "error_type", "notes"]
     assert len(rows) == 3 and rows[2][4] == HOSTILE and rows[2][1] == f"question 2: {HOSTILE}"
     assert rows[1][5:7] == ["0.1000", "0.2000"] and rows[1][7:] == ["", "", "", ""]
+
+
+def test_the_review_sheet_keeps_formulas_from_running_in_a_spreadsheet() -> None:
+    examples = [sample_example(1, text='=HYPERLINK("http://x", "y")'), sample_example(2, "-1")]
+    rows = list(csv.reader(io.StringIO(review_sheet(examples))))
+    assert rows[1][4] == '\'=HYPERLINK("http://x", "y")' and rows[2][4] == "'-1"
+    assert rows[1][1] == f"question 1: {HOSTILE}"  # ordinary text untouched
+
+
+def test_the_chart_shows_each_change_relative_to_its_base() -> None:
+    page = html.fromstring(render_html(sample_report()))
+    labels = [t.text for t in page.get_element_by_id("chart").findall(".//text")]
+    # rougeL 0.05 -> 0.12: +140 %; bits per byte 2.0 -> 1.5: -25 %, on one axis.
+    assert labels == ["domain/rougeL +140%", "arc_easy/acc -20%",
+                      "perplexity/bits_per_byte -25%", "arc_challenge/acc +5%"]  # fmt: skip
