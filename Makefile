@@ -35,11 +35,8 @@ test-fast: install ## Unit tests only (seconds)
 demo: install ## Run the pipeline on the embedded stack and say what happened
 	$(VENV)/bin/distillery demo
 
-proto: install ## Regenerate gRPC code from proto/ (reproducible; CI checks the tree stays clean)
-	@files=$$(find proto -name '*.proto'); \
-	if [ -z "$$files" ]; then echo "no .proto files under proto/ yet"; \
-	else $(PY) -m grpc_tools.protoc -Iproto --python_out=proto/gen --grpc_python_out=proto/gen \
-	     --pyi_out=proto/gen $$files; fi
+proto: install ## Regenerate gRPC code from proto/ into pipeline/inference_api (a test checks it is current)
+	$(PY) proto/generate.py
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -29,6 +29,8 @@ log = logging.getLogger("pipeline.embedded")
 
 #: Services in pipeline order; `up` starts those whose package exists.
 SERVICES = ("scraper", "extractor", "synthesizer", "trainer", "evaluator", "inference")
+#: Services serving an API of their own: the variables that set its host and port.
+API_PORTS = {"inference": ("INFERENCE_HOST", "INFERENCE_PORT")}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -108,6 +110,13 @@ def available_services() -> list[str]:
     return [s for s in SERVICES if (REPO_ROOT / "services" / s / "__main__.py").exists()]
 
 
+def _api_env(replica: _Replica) -> dict[str, str]:
+    if replica.api_port is None:
+        return {}
+    host, port = API_PORTS[replica.spec.name]
+    return {host: "127.0.0.1", port: str(replica.api_port)}
+
+
 @dataclass
 class _Replica:
     spec: ServiceSpec
@@ -115,6 +124,8 @@ class _Replica:
     log_path: Path
     #: Each replica's own Prometheus port, so replicas on one machine do not collide.
     metrics_port: int
+    #: The port of the API it serves, if it serves one (inference: gRPC), on 127.0.0.1.
+    api_port: int | None = None
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -184,7 +195,13 @@ class Supervisor:
         self.bootstrap = bootstrap or (self.broker.bootstrap if self.broker else "")
         self.blob_store = f"file://{home / 'blobs'}"
         self.replicas = [
-            _Replica(spec, i, self.logs / f"{spec.name}-{i}.log", free_port())
+            _Replica(
+                spec,
+                i,
+                self.logs / f"{spec.name}-{i}.log",
+                free_port(),
+                free_port() if spec.name in API_PORTS else None,
+            )  # fmt: skip
             for spec in self.specs
             for i in range(spec.replicas)
         ]
@@ -270,6 +287,7 @@ class Supervisor:
             "BLOB_STORE_URI": self.blob_store,
             "DISTILLERY_HOME": str(self.home),  # where a service keeps local state (trainer)
             f"{replica.spec.name.upper()}_METRICS_PORT": str(replica.metrics_port),
+            **_api_env(replica),
             "PYTHONPATH": os.pathsep.join(
                 filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
             ),
@@ -293,6 +311,7 @@ class Supervisor:
                 "pid": r.process.pid if r.process else None,
                 "restarts": r.restarts,
                 "metrics": f"http://127.0.0.1:{r.metrics_port}/metrics",
+                "api": f"127.0.0.1:{r.api_port}" if r.api_port else None,
                 "log": str(r.log_path),
             }
             for r in self.replicas

@@ -1,0 +1,221 @@
+"""The CPU engine: transformers + peft, requests batched from a queue.
+
+One thread owns the model. It takes the waiting requests that can share a `generate` call
+(the same sampling parameters; greedy ones always can) up to `max_batch_size`, left-pads
+them into one batch and generates; rows on different adapters share the batch through peft's
+mixed-adapter batches (`adapter_names`). A stopping criterion sees every step: it hands each
+row its new token, and ends a row when it meets its end-of-sequence token, its own max_tokens
+or its client going away. Requests that arrive meanwhile wait for the next batch (static
+batching: vLLM is the engine that batches continuously).
+
+Adapters are loaded and unloaded under the model's lock, between batches: requests in flight
+finish on the adapters they started with, and none is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
+
+from services.inference.core import PEFT_BASE, Finish, NotFound, Sampling
+from services.inference.engine import Request, Step
+
+log = logging.getLogger("inference.engine")
+
+_DONE = object()  # the end of a row's stream, after its last Step
+
+
+@dataclass(eq=False)
+class _Row:
+    request: Request
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Any]
+    generated: int = 0
+    finished: bool = False
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def send(self, item: object) -> None:
+        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+def _key(sampling: Sampling) -> tuple[float, float, int | None]:
+    """Rows that may share one generate call: the same sampler, and greedy is one sampler."""
+    if sampling.greedy:
+        return (0.0, 1.0, None)
+    return (sampling.temperature, sampling.top_p, sampling.seed)
+
+
+class _Steps(StoppingCriteria):
+    """Called by generate after every token: hands each live row its token and says which
+    rows are done."""
+
+    def __init__(self, engine: TransformersEngine, rows: list[_Row]) -> None:
+        self.engine = engine
+        self.rows = rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
+                 **kwargs: Any) -> torch.BoolTensor:  # fmt: skip
+        done = []
+        for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
+            if not row.finished:
+                if row.cancelled.is_set():
+                    row.finished = True
+                elif token in self.engine.eos:
+                    row.finished = True
+                    row.send(Step([], Finish.STOP))
+                else:
+                    row.generated += 1
+                    self.engine.tokens_generated += 1
+                    at_length = row.generated >= row.request.sampling.max_tokens
+                    row.send(Step([token], Finish.LENGTH if at_length else None))
+                    row.finished = at_length
+            done.append(row.finished)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+class TransformersEngine:
+    def __init__(self, base_model: str, *, device: str = "cpu", max_batch_size: int = 16) -> None:
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(base_model)
+        self.tokenizer.padding_side = "left"  # generation continues every row at its end
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.device = device
+        model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        self.model: Any = model.to(device).eval()
+        self.max_batch_size = max_batch_size
+        eos = self.model.generation_config.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self._adapters: set[str] = set()
+        #: Tokens handed to requests since start (what a cancelled request stops adding to).
+        self.tokens_generated = 0
+        self._lock = threading.Lock()  # the model: one batch or one adapter change at a time
+        self._waiting: queue.Queue[_Row | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._serve, name="engine", daemon=True)
+        self._thread.start()
+
+    # --- the Engine protocol ------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def decode(self, token_ids: list[int]) -> str:
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        if not self.tokenizer.chat_template:
+            # A base model without a template: the plain transcript, then the reply's turn.
+            lines = [f"{m['role']}: {m['content']}" for m in messages]
+            return "\n".join([*lines, "assistant:"])
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=True))  # fmt: skip
+
+    async def generate(self, request: Request) -> AsyncIterator[Step]:
+        if request.adapter is not None and request.adapter not in self._adapters:
+            raise NotFound(f"adapter {request.adapter!r} is not loaded")
+        row = _Row(request, asyncio.get_running_loop(), asyncio.Queue())
+        self._waiting.put(row)
+        try:
+            while (item := await row.out.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            row.cancelled.set()  # closed early: the client left, or a stop string was met
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        await asyncio.to_thread(self._load, name, path)
+
+    async def unload_adapter(self, name: str) -> None:
+        await asyncio.to_thread(self._unload, name)
+
+    def close(self) -> None:
+        self._waiting.put(None)
+        self._thread.join(timeout=60)
+
+    # --- the model's thread ----------------------------------------------------------------------
+
+    def _load(self, name: str, path: Path) -> None:
+        with self._lock:
+            if not isinstance(self.model, PeftModel):
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+            else:
+                if name in self._adapters:
+                    self.model.delete_adapter(name)
+                self.model.load_adapter(path, adapter_name=name)
+            self.model.eval()
+            self._adapters.add(name)
+
+    def _unload(self, name: str) -> None:
+        with self._lock:
+            if name not in self._adapters:
+                raise NotFound(f"adapter {name!r} is not loaded")
+            self.model.delete_adapter(name)
+            self._adapters.discard(name)
+
+    def _serve(self) -> None:
+        pending: list[_Row] = []  # in arrival order
+        closing = False
+        while pending or not closing:
+            if not pending:
+                first = self._waiting.get()
+                if first is None:
+                    return
+                pending.append(first)
+            while True:  # everything waiting now
+                try:
+                    row = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if row is None:
+                    closing = True
+                else:
+                    pending.append(row)
+            for row in [r for r in pending if r.cancelled.is_set()]:
+                pending.remove(row)
+                row.send(_DONE)
+            if not pending:
+                continue
+            key = _key(pending[0].request.sampling)  # the oldest request sets the batch
+            batch = [r for r in pending if _key(r.request.sampling) == key]
+            batch = batch[: self.max_batch_size]
+            pending = [r for r in pending if r not in batch]
+            self._run(batch)
+
+    def _run(self, rows: list[_Row]) -> None:
+        sampling = rows[0].request.sampling
+        try:
+            with self._lock, torch.inference_mode():
+                inputs = self.tokenizer.pad(
+                    {"input_ids": [r.request.prompt_ids for r in rows]}, return_tensors="pt"
+                ).to(self.device)
+                options: dict[str, Any] = {
+                    "max_new_tokens": max(r.request.sampling.max_tokens for r in rows),
+                    "do_sample": not sampling.greedy,
+                    "stopping_criteria": [_Steps(self, rows)],
+                    "pad_token_id": self.tokenizer.pad_token_id,
+                }
+                if not sampling.greedy:
+                    options |= {"temperature": sampling.temperature, "top_p": sampling.top_p}
+                    if sampling.seed is not None:
+                        torch.manual_seed(sampling.seed)
+                if isinstance(self.model, PeftModel):
+                    options["adapter_names"] = [r.request.adapter or PEFT_BASE for r in rows]
+                self.model.generate(**inputs, **options)
+        except Exception as exc:  # noqa: BLE001 - every row of the batch is told
+            log.exception("generation failed for a batch of %d", len(rows))
+            for row in rows:
+                row.send(RuntimeError(f"generation failed: {exc}"))
+        for row in rows:
+            if not row.finished and not row.cancelled.is_set():
+                row.send(Step([], Finish.LENGTH))  # the batch's max_new_tokens ran out
+            row.send(_DONE)
