@@ -25,6 +25,7 @@ from pipeline.cli_common import (
 )
 from pipeline.cli_curate import curate
 from pipeline.cli_demo import demo_environment, stages
+from pipeline.cli_generate import generate
 from pipeline.cli_report import report
 from pipeline.cli_scrape import scrape
 from pipeline.cli_train import train
@@ -42,6 +43,7 @@ app.add_typer(scrape, name="scrape")
 app.command()(curate)
 app.command()(train)
 app.command()(report)
+app.command()(generate)
 
 
 def _parse_replicas(values: list[str]) -> dict[str, int]:

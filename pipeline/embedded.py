@@ -311,9 +311,9 @@ class Supervisor:
                 "pid": r.process.pid if r.process else None,
                 "restarts": r.restarts,
                 "metrics": f"http://127.0.0.1:{r.metrics_port}/metrics",
-                "api": f"127.0.0.1:{r.api_port}" if r.api_port else None,
                 "log": str(r.log_path),
             }
+            | ({"api": f"127.0.0.1:{r.api_port}"} if r.api_port else {})
             for r in self.replicas
         }
         self.state.save()

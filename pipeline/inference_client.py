@@ -40,13 +40,17 @@ class InferenceClient:
         self.timeout_s = timeout_s
 
     def generate(self, prompt: str, *, model: str = "", **sampling: Any) -> pb.GenerateResponse:
-        request = pb.GenerateRequest(prompt=prompt, model=model, sampling=_sampling(**sampling))
+        request = pb.GenerateRequest(
+            prompt=prompt, model=model, sampling=sampling_params(**sampling)
+        )
         return self._call(self.stub.Generate, request)  # type: ignore[no-any-return]
 
     def stream(self, prompt: str, *, model: str = "", **sampling: Any) -> Iterator[str]:
         """The text as it is generated; closing the iterator early cancels the call, and the
         server stops generating."""
-        request = pb.GenerateRequest(prompt=prompt, model=model, sampling=_sampling(**sampling))
+        request = pb.GenerateRequest(
+            prompt=prompt, model=model, sampling=sampling_params(**sampling)
+        )
         for chunk in self.stream_chunks(self.stub.GenerateStream, request):
             yield chunk.text
 
@@ -63,7 +67,7 @@ class InferenceClient:
         """A reply to (role, content) messages, through the model's chat template."""
         request = pb.ChatRequest(
             messages=[pb.ChatMessage(role=r, content=c) for r, c in messages],
-            model=model, sampling=_sampling(**sampling),
+            model=model, sampling=sampling_params(**sampling),
         )  # fmt: skip
         return self._call(self.stub.Chat, request)  # type: ignore[no-any-return]
 
@@ -90,7 +94,7 @@ class InferenceClient:
         self.close()
 
 
-def _sampling(
+def sampling_params(
     *,
     max_tokens: int = 0,
     temperature: float = 0.0,

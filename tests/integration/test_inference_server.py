@@ -7,6 +7,8 @@ reflection answer."""
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from pipeline.settings import BlobSettings
 from services.inference.core import Limits
 from services.inference.promotion import Promotions
 from tests.support.inference import Server
+from tests.support.service_rig import REPO_ROOT
 from tests.support.trainer import Trained
 
 pytestmark = pytest.mark.integration
@@ -202,3 +205,20 @@ def test_health_and_reflection_answer(server: Server) -> None:
         )  # fmt: skip
         names = {s.name for a in answers for s in a.list_services_response.service}
     assert {"distillery.inference.v1.Inference", "grpc.health.v1.Health"} <= names
+
+
+def test_distillery_generate_streams_to_the_terminal(
+    server: Server, client: InferenceClient
+) -> None:
+    def distillery(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "pipeline.cli", "generate", "--address", server.address,
+             *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    shown = distillery(PROMPT, "--adapter", "base", "--max-tokens", "20", "--token", TOKEN)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == client.generate(PROMPT, model="base", max_tokens=20).text + "\n"
+    assert "base: length, " in shown.stderr and "20 completion tokens" in shown.stderr
+    refused = distillery(PROMPT, "--token", "wrong")
+    assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
