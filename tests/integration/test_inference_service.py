@@ -63,8 +63,8 @@ def test_a_promotion_moves_latest_without_dropping_a_stream(
             tuned = client.generate(PROMPT, max_tokens=30)
             assert tuned.model == "ckpt-s" and tuned.text != base.text
 
-            bad = promote.model_copy(update={"checkpoint_id": "ckpt-gone",
-                                             "adapter_uri": blobs.uri("checkpoints/gone")})  # fmt: skip
+            gone = {"checkpoint_id": "ckpt-gone", "adapter_uri": blobs.uri("checkpoints/gone")}
+            bad = promote.model_copy(update=gone)
             rig.wait(rig.send(bad))
             assert dead.read_until(lambda r: len(r.records) == 1, timeout_s=30)
             assert decode(DlqRecord, dead.records[0].value).reason == "adapter_unloadable"
