@@ -51,6 +51,9 @@ class InferenceSettings(ServiceSettings):
     default_max_tokens: int = Field(256, ge=1)
     #: Requests in flight at once; more are refused with RESOURCE_EXHAUSTED.
     max_concurrency: int = Field(64, ge=1)
+    #: A stream's text is sent at most this often (the first piece at once): per token, a
+    #: small model's messages cost more than its tokens (BENCHMARKS.md). 0: every token.
+    stream_interval_ms: float = Field(20.0, ge=0)
     #: Rows in one batch of the transformers engine.
     max_batch_size: int = Field(16, ge=1)
     #: Promoted adapters kept loaded; the oldest beyond this is unloaded.

@@ -6,6 +6,7 @@ status code."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -183,3 +184,25 @@ class Models:
         with self._lock:
             models = [self.base, *(self.adapters[n] for n in sorted(self.adapters))]
             return [(m, [LATEST] if m.name == self.latest else []) for m in models]
+
+
+class IncrementalText:
+    """Token ids to text as they come, decoding a short window each time rather than the
+    whole completion (vLLM's incremental detokenization): the window starts a few tokens
+    back, in the prompt at first, so a word's leading space decodes as it does mid-text, and
+    a character split across tokens waits for its last byte."""
+
+    def __init__(self, decode: Callable[[list[int]], str], prompt_ids: list[int]) -> None:
+        self.decode = decode
+        self.ids = list(prompt_ids[-5:])
+        self.prefix = 0
+        self.read = len(self.ids)
+
+    def add(self, token_ids: list[int], *, last: bool = False) -> str:
+        self.ids += token_ids
+        before = self.decode(self.ids[self.prefix : self.read])
+        after = self.decode(self.ids[self.prefix :])
+        if len(after) > len(before) and (last or not after.endswith("\ufffd")):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""

@@ -44,8 +44,9 @@ def main() -> None:
                                 max_batch_size=settings.max_batch_size)  # fmt: skip
     models = Models(Model(BASE, "base", settings.base_model))
     adapters = Adapters(engine, models, open_store(settings.blobs), settings.work_dir / "adapters")
+    interval_s = settings.stream_interval_ms / 1000
     service = InferenceService(engine, models, adapters, settings.limits,
-                               settings.max_concurrency)  # fmt: skip
+                               settings.max_concurrency, interval_s)  # fmt: skip
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="grpc", daemon=True)
     thread.start()

@@ -8,6 +8,8 @@ import asyncio
 import functools
 import hmac
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from services.inference.core import (
     ApiError,
     Exhausted,
     Finish,
+    IncrementalText,
     InvalidArgument,
     Limits,
     Model,
@@ -118,9 +121,10 @@ def _streaming(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., Async
 class InferenceService(pb_grpc.InferenceServicer):
     def __init__(
         self, engine: Engine, models: Models, adapters: Adapters, limits: Limits,
-        max_concurrency: int,
+        max_concurrency: int, stream_interval_s: float = 0.02,
     ) -> None:  # fmt: skip
         self.engine = engine
+        self.stream_interval_s = stream_interval_s
         self.models = models
         self.adapters = adapters
         self.limits = limits
@@ -182,28 +186,31 @@ class InferenceService(pb_grpc.InferenceServicer):
             ids = self.engine.encode(prompt)
             check_prompt(len(ids), self.limits)
             adapter = None if model.name == BASE else model.name
-            matcher, text, completion = StopMatcher(chosen.stop), "", []
+            matcher, text = StopMatcher(chosen.stop), IncrementalText(self.engine.decode, ids)
             finish: Finish | None = None
+            generated, held, sent_at = 0, "", -math.inf
             steps = self.engine.generate(Request(ids, adapter, chosen))
             try:
                 async for step in steps:
-                    completion += step.token_ids
-                    # Decoded whole each time: a character can take several tokens.
-                    decoded = self.engine.decode(completion)
-                    if decoded.endswith("\ufffd") and step.finish is None:
-                        continue  # half a character: wait for the rest
-                    shown, stopped = matcher.feed(decoded[len(text) :])
-                    text = decoded if not stopped else text + shown
+                    generated += len(step.token_ids)
+                    shown, stopped = matcher.feed(
+                        text.add(step.token_ids, last=step.finish is not None)
+                    )
                     finish = Finish.STOP_SEQUENCE if stopped else step.finish
-                    if shown:
-                        yield Piece(shown, model.name)
+                    held += shown
+                    # Pieces at most every stream_interval_s (the first at once): a message
+                    # per token would cost a small model more than its tokens do.
+                    now = time.monotonic()
+                    if held and now - sent_at >= self.stream_interval_s:
+                        yield Piece(held, model.name)
+                        held, sent_at = "", now
                     if finish is not None:
                         break
             finally:
                 await steps.aclose()  # type: ignore[attr-defined]  # stops the engine's row
-            if finish is not Finish.STOP_SEQUENCE and (rest := matcher.flush()):
-                yield Piece(rest, model.name)
-            yield Piece("", model.name, finish or Finish.LENGTH, len(ids), len(completion))
+            if finish is not Finish.STOP_SEQUENCE:
+                held += matcher.flush()
+            yield Piece(held, model.name, finish or Finish.LENGTH, len(ids), generated)
         finally:
             self.in_flight -= 1
 

@@ -65,22 +65,29 @@ class _Steps(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
                  **kwargs: Any) -> torch.BoolTensor:  # fmt: skip
-        done = []
+        done, steps = [], []
         for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
             if not row.finished:
                 if row.cancelled.is_set():
                     row.finished = True
                 elif token in self.engine.eos:
                     row.finished = True
-                    row.send(Step([], Finish.STOP))
+                    steps.append((row, Step([], Finish.STOP)))
                 else:
                     row.generated += 1
                     self.engine.tokens_generated += 1
                     at_length = row.generated >= row.request.sampling.max_tokens
-                    row.send(Step([token], Finish.LENGTH if at_length else None))
+                    steps.append((row, Step([token], Finish.LENGTH if at_length else None)))
                     row.finished = at_length
             done.append(row.finished)
+        if steps:  # one wake-up of the event loop per step, not one per row
+            steps[0][0].loop.call_soon_threadsafe(_deliver, steps)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+def _deliver(steps: list[tuple[_Row, Step]]) -> None:
+    for row, step in steps:
+        row.out.put_nowait(step)
 
 
 class TransformersEngine:
@@ -125,10 +132,18 @@ class TransformersEngine:
         row = _Row(request, asyncio.get_running_loop(), asyncio.Queue())
         self._waiting.put(row)
         try:
-            while (item := await row.out.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            while True:
+                items = [await row.out.get()]
+                while not row.out.empty():  # the caller fell behind: one step for them all
+                    items.append(row.out.get_nowait())
+                steps = [i for i in items if isinstance(i, Step)]
+                if steps:
+                    yield Step([t for s in steps for t in s.token_ids], steps[-1].finish)
+                errors = [i for i in items if isinstance(i, BaseException)]
+                if errors:
+                    raise errors[0]
+                if items[-1] is _DONE:
+                    return
         finally:
             row.cancelled.set()  # closed early: the client left, or a stop string was met
 
