@@ -8,10 +8,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import grpc
+
 from pipeline import bus, topics
-from pipeline.cli_common import console, fail, kafka_settings, read_all
+from pipeline.cli_common import blob_store, console, fail, kafka_settings, read_all
 from pipeline.cli_scrape import submit
 from pipeline.cli_train import request_training
+from pipeline.inference_client import InferenceClient
 from pipeline.messages import (
     Checkpoint,
     DlqRecord,
@@ -83,7 +86,9 @@ def stages(home: Path, running: set[str]) -> str:
     if "trainer" in running:
         checkpoint = train(run_id, home, settings)
         if "evaluator" in running:
-            evaluate(checkpoint, home, settings)
+            result = evaluate(checkpoint, home, settings)
+            if "inference" in running:
+                serve(result, home)
     return run_id
 
 
@@ -138,6 +143,39 @@ def evaluate(checkpoint: Checkpoint, home: Path, settings: KafkaSettings) -> Eva
                    + (f"; dead-lettered: {why[-1]}" if why else ""))  # fmt: skip
     report(checkpoint.checkpoint_id, home=home, examples=2)
     return mine[-1]
+
+
+def serve(result: EvalResult, home: Path) -> None:
+    """Stage 6: the inference service loads a promoted adapter as `latest`; a streamed
+    answer to a held-out question over gRPC, from the tuned model (or the base, if rejected)."""
+    from pipeline.cli_generate import embedded_address
+    from services.evaluator.evaluation import stored_report
+
+    address = embedded_address(home)
+    verdict = "promoted" if result.verdict == "promote" else "rejected"
+    console.print(f"[bold]6. serve[/bold] {topics.EVAL_RESULTS} → gRPC at {address}: "
+                  f"{result.checkpoint_id} {verdict}")  # fmt: skip
+    wanted = result.checkpoint_id if result.verdict == "promote" else "base"
+    with InferenceClient(address, timeout_s=60) as client:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                serving = client.generate("Hello", max_tokens=1).model
+            except grpc.RpcError:
+                serving = ""  # still starting
+            if serving == wanted:
+                break
+            if time.monotonic() > deadline:
+                raise fail(f"the inference service serves {serving or 'nothing'}, not {wanted}")
+            time.sleep(1)
+        report = stored_report(blob_store(home), result.checkpoint_id)
+        examples = (report.improved or report.degraded) if report else []
+        question = examples[0].prompt if examples else "question: What is LoRA? answer:"
+        console.print(f"  latest = {wanted}; asked: {question}", soft_wrap=True)
+        console.print("  answer: ", end="")
+        for piece in client.stream(question, max_tokens=48, stop=["\n\n"]):
+            console.print(piece, end="", soft_wrap=True, highlight=False, markup=False)
+        console.print()
 
 
 def drain(settings: KafkaSettings, group: str, topic: str, timeout_s: float) -> None:

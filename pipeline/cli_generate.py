@@ -37,7 +37,7 @@ def generate(
 ) -> None:
     """Ask the inference service for a completion and print it as it comes; the model, the
     finish reason and the token counts follow on stderr."""
-    target = address or _embedded(home)
+    target = address or embedded_address(home)
     sampling = sampling_params(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                stop=stop, seed=seed)  # fmt: skip
     with InferenceClient(target, token=token, tls_ca=tls_ca) as client:
@@ -65,7 +65,7 @@ def generate(
                   f"{last.usage.completion_tokens} completion tokens[/dim]")  # fmt: skip
 
 
-def _embedded(home: Path) -> str:
+def embedded_address(home: Path) -> str:
     """The gRPC address of the embedded stack's inference service."""
     state = StackState.load(home.resolve())
     apis = [s.get("api") for n, s in (state.services if state else {}).items()
