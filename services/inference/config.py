@@ -37,6 +37,9 @@ class InferenceSettings(ServiceSettings):
     #: Where the server listens; port 0 picks a free one (logged).
     host: str = "0.0.0.0"  # noqa: S104 - a service in a container listens on every interface
     port: int = Field(50051, ge=0, le=65535)
+    #: The OpenAI-compatible HTTP endpoint (/v1/chat/completions, /v1/models) on this port,
+    #: beside gRPC; unset: none.
+    openai_port: int | None = Field(None, ge=0, le=65535)
     #: Bearer token every call needs (health checks excepted); or a file holding it (a
     #: mounted Kubernetes secret). Neither: no auth, for loopback use only.
     auth_token: SecretStr | None = None

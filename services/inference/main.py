@@ -20,6 +20,7 @@ from pipeline.settings import load
 from pipeline.worker import run_service
 from services.inference.config import InferenceSettings
 from services.inference.core import BASE, Model, Models
+from services.inference.openai_bridge import OpenAIBridge, serve_http
 from services.inference.promotion import Promotions
 from services.inference.server import Adapters, InferenceService, start
 from services.inference.transformers_engine import TransformersEngine
@@ -55,6 +56,12 @@ def main() -> None:
     server, port, healthy = asyncio.run_coroutine_threadsafe(serving, loop).result()
     log.info("serving gRPC on %s:%d (%s, base %s)", settings.host, port, device,
              settings.base_model)  # fmt: skip
+    if settings.openai_port is not None:
+        bridge = OpenAIBridge(service, settings.token()).app()
+        bound = asyncio.run_coroutine_threadsafe(
+            serve_http(bridge, settings.host, settings.openai_port), loop
+        ).result()
+        log.info("serving the OpenAI-compatible API on http://%s:%d/v1", settings.host, bound)
     promotions = Promotions(adapters, models, loop, max_adapters=settings.max_adapters)
     try:
         run_service(settings, EvalResult, promotions.handle, registry=CollectorRegistry())

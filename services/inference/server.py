@@ -135,41 +135,43 @@ class InferenceService(pb_grpc.InferenceServicer):
 
     @_unary
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
-        return await _whole(self._pieces(request.prompt, request.model, request.sampling))
+        return await _whole(self.pieces(request.prompt, request.model, request.sampling))
 
     @_streaming
     async def GenerateStream(
         self, request: pb.GenerateRequest, context: Any
     ) -> AsyncIterator[pb.GenerateChunk]:
-        async for chunk in _chunks(self._pieces(request.prompt, request.model,
+        async for chunk in _chunks(self.pieces(request.prompt, request.model,
                                                           request.sampling)):  # fmt: skip
             yield chunk
 
     @_unary
     async def Chat(self, request: pb.ChatRequest, context: Any) -> pb.GenerateResponse:
         prompt = self._chat(request)
-        return await _whole(self._pieces(prompt, request.model, request.sampling))
+        return await _whole(self.pieces(prompt, request.model, request.sampling))
 
     @_streaming
     async def ChatStream(
         self, request: pb.ChatRequest, context: Any
     ) -> AsyncIterator[pb.GenerateChunk]:
         prompt = self._chat(request)
-        async for chunk in _chunks(self._pieces(prompt, request.model,
+        async for chunk in _chunks(self.pieces(prompt, request.model,
                                                           request.sampling)):  # fmt: skip
             yield chunk
 
     def _chat(self, request: pb.ChatRequest) -> str:
-        if not request.messages:
+        return self.chat_prompt([(m.role, m.content) for m in request.messages])
+
+    def chat_prompt(self, messages: list[tuple[str, str]]) -> str:
+        """(role, content) messages through the model's chat template, checked."""
+        if not messages:
             raise InvalidArgument("a chat needs at least one message")
-        roles = {"system", "user", "assistant"}
-        bad = [m.role for m in request.messages if m.role not in roles]
+        bad = [role for role, _ in messages if role not in ("system", "user", "assistant")]
         if bad:
             raise InvalidArgument(f"message roles are system, user or assistant, not {bad[0]!r}")
-        return self.engine.chat_prompt([{"role": m.role, "content": m.content}
-                                        for m in request.messages])  # fmt: skip
+        return self.engine.chat_prompt([{"role": r, "content": c} for r, c in messages])
 
-    async def _pieces(
+    async def pieces(
         self, prompt: str, name: str, params: pb.SamplingParams
     ) -> AsyncIterator[Piece]:
         """The generation of one request as text pieces, stop strings cut out; the request
