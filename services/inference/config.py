@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -25,8 +25,14 @@ class InferenceSettings(ServiceSettings):
     #: group of its own, read from the start: the last promotion wins, after a restart too.
     group_id: str | None = Field(default_factory=lambda: f"inference-{uuid.uuid4().hex[:12]}")
 
-    #: transformers + peft (CPU, or one GPU without vLLM).
-    engine: Literal["transformers"] = "transformers"
+    #: transformers + peft (CPU, or one GPU), or vLLM (its own image: vllm, or vllm-cpu).
+    engine: Literal["transformers", "vllm"] = "transformers"
+    #: vLLM: adapters in one batch, their largest rank, the context length (unset: the
+    #: model's), and any other AsyncEngineArgs as a JSON object.
+    vllm_max_loras: int = Field(4, ge=1)
+    vllm_max_lora_rank: int = Field(64, ge=1)
+    vllm_max_model_len: int | None = Field(None, ge=16)
+    vllm_options: dict[str, Any] = {}
     #: The model served as "base", on which every adapter loads (a hub id or a directory).
     base_model: str = Field(
         validation_alias=AliasChoices("INFERENCE_BASE_MODEL", "DISTILLERY_BASE_MODEL")
@@ -41,9 +47,11 @@ class InferenceSettings(ServiceSettings):
     #: beside gRPC; unset: none.
     openai_port: int | None = Field(None, ge=0, le=65535)
     #: Bearer token every call needs (health checks excepted); or a file holding it (a
-    #: mounted Kubernetes secret). Neither: no auth, for loopback use only.
+    #: mounted Kubernetes secret). Neither: no auth, which only a loopback host may have
+    #: unless allowed below.
     auth_token: SecretStr | None = None
     auth_token_file: Path | None = None
+    allow_unauthenticated: bool = False
     #: TLS: both files, PEM. Neither: plaintext.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -73,6 +81,20 @@ class InferenceSettings(ServiceSettings):
             raise ValueError("TLS needs INFERENCE_TLS_CERT_FILE and INFERENCE_TLS_KEY_FILE")
         if self.auth_token is not None and self.auth_token_file is not None:
             raise ValueError("give INFERENCE_AUTH_TOKEN or INFERENCE_AUTH_TOKEN_FILE, not both")
+        if self.auth_token is not None and not self.auth_token.get_secret_value().strip():
+            raise ValueError("INFERENCE_AUTH_TOKEN is empty")
+        if self.auth_token_file is not None:
+            try:
+                if not self.auth_token_file.read_text(encoding="utf-8").strip():
+                    raise ValueError(f"INFERENCE_AUTH_TOKEN_FILE {self.auth_token_file} is empty")
+            except OSError as exc:
+                raise ValueError(f"INFERENCE_AUTH_TOKEN_FILE: {exc}") from None
+        loopback = self.host in ("127.0.0.1", "localhost", "::1")
+        unauthenticated = self.auth_token is None and self.auth_token_file is None
+        if unauthenticated and not loopback and not self.allow_unauthenticated:
+            raise ValueError(f"INFERENCE_HOST {self.host} without INFERENCE_AUTH_TOKEN(_FILE): "
+                             "anyone could call it; set a token, or "
+                             "INFERENCE_ALLOW_UNAUTHENTICATED=true")  # fmt: skip
         if self.default_max_tokens > self.max_tokens:
             raise ValueError("INFERENCE_DEFAULT_MAX_TOKENS is over INFERENCE_MAX_TOKENS")
         return self

@@ -5,6 +5,7 @@ status code."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,8 +87,22 @@ def sampling(
         raise InvalidArgument(f"at most {limits.max_stop} stop strings, not {len(stop)}")
     if any(not s or len(s) > limits.max_stop_length for s in stop):
         raise InvalidArgument(f"stop strings must be 1 to {limits.max_stop_length} characters")
+    if temperature < 1e-5:  # a sampler this cold divides by nearly zero: it is greedy
+        temperature = 0.0
     return Sampling(max_tokens or limits.default_max_tokens, temperature, top_p or 1.0,
                     tuple(stop), seed)  # fmt: skip
+
+
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_adapter_name(name: str) -> None:
+    """A name that is no alias and can name a directory: letters, digits, '.', '_', '-'."""
+    if name in (BASE, LATEST, PEFT_BASE):
+        raise InvalidArgument(f"{name!r} is reserved; name the adapter otherwise")
+    if not _ADAPTER_NAME.fullmatch(name):
+        raise InvalidArgument(f"adapter names are letters, digits, '.', '_' and '-', "
+                              f"at most 128: not {name!r}")  # fmt: skip
 
 
 def check_prompt(tokens: int, limits: Limits) -> None:
@@ -137,8 +152,8 @@ class Model:
 
 @dataclass
 class Models:
-    """The models served, by name, and the `latest` alias. Thread-safe: the gRPC handlers
-    read it while a promotion writes it."""
+    """The models served, by name, and the `latest` alias. Locked, so that a listing or a
+    resolution never sees an adapter half added, whichever thread asks."""
 
     base: Model
     adapters: dict[str, Model] = field(default_factory=dict)
@@ -161,8 +176,7 @@ class Models:
         raise NotFound(f"no model {name!r}: {', '.join(self.names())}")
 
     def add(self, adapter: Model, *, make_latest: bool) -> None:
-        if adapter.name in (BASE, LATEST, PEFT_BASE, ""):
-            raise InvalidArgument(f"{adapter.name!r} is reserved; name the adapter otherwise")
+        check_adapter_name(adapter.name)
         with self._lock:
             self.adapters[adapter.name] = adapter
             if make_latest:
@@ -177,7 +191,8 @@ class Models:
             return self.adapters.pop(name)
 
     def names(self) -> list[str]:
-        return [BASE, *sorted(self.adapters)] + ([LATEST] if self.latest else [])
+        with self._lock:
+            return [BASE, *sorted(self.adapters)] + ([LATEST] if self.latest else [])
 
     def listing(self) -> list[tuple[Model, list[str]]]:
         """Every model with its aliases."""

@@ -20,10 +20,10 @@ from pipeline.settings import load
 from pipeline.worker import run_service
 from services.inference.config import InferenceSettings
 from services.inference.core import BASE, Model, Models
+from services.inference.engine import Engine
 from services.inference.openai_bridge import OpenAIBridge, serve_http
 from services.inference.promotion import Promotions
 from services.inference.server import Adapters, InferenceService, start
-from services.inference.transformers_engine import TransformersEngine
 
 log = logging.getLogger("inference")
 
@@ -35,14 +35,27 @@ def _credentials(settings: InferenceSettings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([pair])
 
 
+def _engine(settings: InferenceSettings, device: str) -> Engine:
+    if settings.engine == "vllm":
+        from services.inference.vllm_engine import VLLMEngine  # vLLM's own environment
+
+        return VLLMEngine(settings.base_model, max_loras=settings.vllm_max_loras,
+                          max_lora_rank=settings.vllm_max_lora_rank,
+                          max_model_len=settings.vllm_max_model_len,
+                          options=settings.vllm_options)  # fmt: skip
+    from services.inference.transformers_engine import TransformersEngine
+
+    return TransformersEngine(settings.base_model, device=device,
+                              max_batch_size=settings.max_batch_size)  # fmt: skip
+
+
 def main() -> None:
     settings = load(InferenceSettings)
     logs.configure(settings.service_name, settings.log_level)
     device = settings.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    engine = TransformersEngine(settings.base_model, device=device,
-                                max_batch_size=settings.max_batch_size)  # fmt: skip
+    engine = _engine(settings, device)
     models = Models(Model(BASE, "base", settings.base_model))
     adapters = Adapters(engine, models, open_store(settings.blobs), settings.work_dir / "adapters")
     interval_s = settings.stream_interval_ms / 1000

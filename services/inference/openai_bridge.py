@@ -9,6 +9,7 @@ The same bearer token as gRPC; errors as OpenAI's error bodies with their HTTP s
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 import uuid
@@ -52,7 +53,8 @@ class OpenAIBridge:
     @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
-            if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
+            given = request.headers.get("Authorization", "").encode()
+            if self.token and not hmac.compare_digest(given, f"Bearer {self.token}".encode()):
                 raise Unauthenticated("a valid bearer token is required")
             return await handler(request)  # type: ignore[no-any-return]
         except ApiError as exc:

@@ -11,9 +11,9 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.errors import BadInput
+from pipeline.errors import BadInput, Retryable
 from pipeline.messages import EvalResult, Message
-from services.inference.core import ApiError, Model, Models
+from services.inference.core import ApiError, Model, Models, NotFound
 from services.inference.server import Adapters
 
 log = logging.getLogger("inference.promotion")
@@ -50,11 +50,17 @@ class Promotions:
             self._on_loop(self.adapters.load(adapter, make_latest=True))
         except ApiError as exc:  # not there, not an adapter: this message's fault
             raise BadInput(str(exc), reason="adapter_unloadable") from exc
+        except OSError as exc:  # the blob store, the disk: they may come back
+            raise Retryable(f"loading {adapter.name}: {exc}") from exc
         if adapter.name in self.promoted:
             self.promoted.remove(adapter.name)
         self.promoted.append(adapter.name)
         while len(self.promoted) > self.max_adapters:
-            self._on_loop(self.adapters.unload(self.promoted.pop(0)))
+            oldest = self.promoted.pop(0)
+            try:
+                self._on_loop(self.adapters.unload(oldest))
+            except NotFound:  # unloaded by hand already (UnloadAdapter)
+                pass
         return []
 
     def _on_loop(self, work: Awaitable[T]) -> T:

@@ -9,6 +9,7 @@ import functools
 import hmac
 import logging
 import math
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from services.inference.core import (
     NotFound,
     StopMatcher,
     Unauthenticated,
+    check_adapter_name,
     check_prompt,
     sampling,
 )
@@ -77,12 +79,13 @@ class Adapters:
         self.directory = directory
 
     async def load(self, adapter: Model, *, make_latest: bool) -> Model:
+        check_adapter_name(adapter.name)  # before anything: it names a directory too
         local = Path(adapter.adapter_uri)
         if not local.is_dir():
             local = self.directory / adapter.name
             try:
                 name = name_of(self.blobs, adapter.adapter_uri)
-                await asyncio.to_thread(get_tree, self.blobs, name, local)
+                await asyncio.to_thread(_fetch, self.blobs, name, local)
             except BadInput as exc:
                 raise NotFound(f"no adapter at {adapter.adapter_uri}: {exc}") from None
         if not (local / "adapter_config.json").is_file():
@@ -116,6 +119,12 @@ def _streaming(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., Async
                 yield item
 
     return call
+
+
+def _fetch(blobs: BlobStore, name: str, directory: Path) -> None:
+    """The adapter's files alone in `directory` (an earlier one of that name removed)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    get_tree(blobs, name, directory)
 
 
 class InferenceService(pb_grpc.InferenceServicer):
@@ -286,7 +295,11 @@ class _errors:  # noqa: N801 - used as a statement: `async with _errors(context)
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: object) -> bool:  # fmt: skip
         if isinstance(exc, ApiError):
-            await self.context.abort(STATUS[type(exc)], str(exc))
+            code = next(STATUS[k] for k in type(exc).__mro__ if k in STATUS)
+            await self.context.abort(code, str(exc))
+        if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
+            log.error("request failed", exc_info=exc)
+            await self.context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         return False
 
 

@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,12 @@ class _Row:
 
     def send(self, item: object) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+    def fail(self, error: Exception) -> None:
+        """End the row with an error (its caller raises it), nothing after it."""
+        self.finished = True
+        self.send(error)
+        self.send(_DONE)
 
 
 def _key(sampling: Sampling) -> tuple[float, float, int | None]:
@@ -107,13 +114,18 @@ class TransformersEngine:
         self.tokens_generated = 0
         self._lock = threading.Lock()  # the model: one batch or one adapter change at a time
         self._waiting: queue.Queue[_Row | None] = queue.Queue()
+        self._closed = False
+        self._dead: BaseException | None = None
         self._thread = threading.Thread(target=self._serve, name="engine", daemon=True)
         self._thread.start()
 
     # --- the Engine protocol ------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text)["input_ids"])
+        # A chat template writes its own BOS: a second one would be read as text.
+        bos = self.tokenizer.bos_token
+        special = not (bos and text.startswith(bos))
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
 
     def decode(self, token_ids: list[int]) -> str:
         return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
@@ -129,6 +141,8 @@ class TransformersEngine:
     async def generate(self, request: Request) -> AsyncIterator[Step]:
         if request.adapter is not None and request.adapter not in self._adapters:
             raise NotFound(f"adapter {request.adapter!r} is not loaded")
+        if self._dead is not None or self._closed:
+            raise RuntimeError(f"the engine is stopped{f': {self._dead}' if self._dead else ''}")
         row = _Row(request, asyncio.get_running_loop(), asyncio.Queue())
         self._waiting.put(row)
         try:
@@ -136,12 +150,14 @@ class TransformersEngine:
                 items = [await row.out.get()]
                 while not row.out.empty():  # the caller fell behind: one step for them all
                     items.append(row.out.get_nowait())
-                steps = [i for i in items if isinstance(i, Step)]
+                steps: list[Step] = []
+                for item in items:  # in the order they came: an error is never skipped
+                    if isinstance(item, BaseException):
+                        raise item
+                    if isinstance(item, Step):
+                        steps.append(item)
                 if steps:
                     yield Step([t for s in steps for t in s.token_ids], steps[-1].finish)
-                errors = [i for i in items if isinstance(i, BaseException)]
-                if errors:
-                    raise errors[0]
                 if items[-1] is _DONE:
                     return
         finally:
@@ -154,6 +170,7 @@ class TransformersEngine:
         await asyncio.to_thread(self._unload, name)
 
     def close(self) -> None:
+        self._closed = True
         self._waiting.put(None)
         self._thread.join(timeout=60)
 
@@ -161,10 +178,11 @@ class TransformersEngine:
 
     def _load(self, name: str, path: Path) -> None:
         with self._lock:
+            self._adapters.discard(name)  # whatever happens next, not half-loaded
             if not isinstance(self.model, PeftModel):
                 self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
             else:
-                if name in self._adapters:
+                if name in self.model.peft_config:
                     self.model.delete_adapter(name)
                 self.model.load_adapter(path, adapter_name=name)
             self.model.eval()
@@ -174,11 +192,24 @@ class TransformersEngine:
         with self._lock:
             if name not in self._adapters:
                 raise NotFound(f"adapter {name!r} is not loaded")
-            self.model.delete_adapter(name)
             self._adapters.discard(name)
+            if self._adapters:
+                self.model.delete_adapter(name)
+            else:  # peft keeps naming the last adapter deleted: back to the plain model
+                self.model = self.model.unload()
 
     def _serve(self) -> None:
         pending: list[_Row] = []  # in arrival order
+        try:
+            self._gather_and_run(pending)
+        except BaseException as exc:  # the thread is dying: nobody may wait for it forever
+            log.exception("the engine thread failed")
+            self._dead = exc
+            for row in pending:
+                row.fail(RuntimeError(f"the engine stopped: {exc}"))
+            raise
+
+    def _gather_and_run(self, pending: list[_Row]) -> None:
         closing = False
         while pending or not closing:
             if not pending:
@@ -200,37 +231,63 @@ class TransformersEngine:
                 row.send(_DONE)
             if not pending:
                 continue
-            key = _key(pending[0].request.sampling)  # the oldest request sets the batch
-            batch = [r for r in pending if _key(r.request.sampling) == key]
-            batch = batch[: self.max_batch_size]
-            pending = [r for r in pending if r not in batch]
+            batch = _batch(pending, self.max_batch_size)
+            for row in batch:
+                pending.remove(row)
             self._run(batch)
 
     def _run(self, rows: list[_Row]) -> None:
-        sampling = rows[0].request.sampling
-        try:
-            with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode():
+            # An adapter unloaded since its request came: that request alone is refused.
+            gone = [r for r in rows if r.request.adapter not in (None, *self._adapters)]
+            for row in gone:
+                row.fail(NotFound(f"adapter {row.request.adapter!r} was unloaded"))
+            rows = [r for r in rows if r not in gone]
+            if not rows:
+                return
+            sampling = rows[0].request.sampling
+            try:
                 inputs = self.tokenizer.pad(
                     {"input_ids": [r.request.prompt_ids for r in rows]}, return_tensors="pt"
                 ).to(self.device)
                 options: dict[str, Any] = {
                     "max_new_tokens": max(r.request.sampling.max_tokens for r in rows),
-                    "do_sample": not sampling.greedy,
                     "stopping_criteria": [_Steps(self, rows)],
                     "pad_token_id": self.tokenizer.pad_token_id,
-                }
+                    # Exactly the request's sampler: not the model's generation_config extras.
+                    "do_sample": not sampling.greedy, "top_k": 0, "top_p": 1.0,
+                    "temperature": 1.0, "repetition_penalty": 1.0,
+                }  # fmt: skip
                 if not sampling.greedy:
                     options |= {"temperature": sampling.temperature, "top_p": sampling.top_p}
-                    if sampling.seed is not None:
-                        torch.manual_seed(sampling.seed)
                 if isinstance(self.model, PeftModel):
                     options["adapter_names"] = [r.request.adapter or PEFT_BASE for r in rows]
-                self.model.generate(**inputs, **options)
-        except Exception as exc:  # noqa: BLE001 - every row of the batch is told
-            log.exception("generation failed for a batch of %d", len(rows))
-            for row in rows:
-                row.send(RuntimeError(f"generation failed: {exc}"))
+                # A seeded request runs alone (see _batch), on a generator of its own, so its
+                # text depends on its seed only and leaves the global RNG alone.
+                seed = sampling.seed if not sampling.greedy else None
+                with torch.random.fork_rng(devices=[]) if seed is not None else nullcontext():
+                    if seed is not None:
+                        torch.manual_seed(seed)
+                    self.model.generate(**inputs, **options)
+            except Exception as exc:  # noqa: BLE001 - every row of the batch is told
+                log.exception("generation failed for a batch of %d", len(rows))
+                for row in rows:
+                    row.fail(RuntimeError(f"generation failed: {exc}"))
+                return
         for row in rows:
             if not row.finished and not row.cancelled.is_set():
                 row.send(Step([], Finish.LENGTH))  # the batch's max_new_tokens ran out
             row.send(_DONE)
+
+
+def _batch(pending: list[_Row], size: int) -> list[_Row]:
+    """The oldest request and those that can share its generate call: greedy ones together;
+    sampled ones with the same temperature and top_p and no seed; a seeded one alone (its
+    text must not depend on its neighbours)."""
+    first = pending[0].request.sampling
+    if not first.greedy and first.seed is not None:
+        return [pending[0]]
+    key = _key(first)
+    same = [r for r in pending if _key(r.request.sampling) == key
+            and (r.request.sampling.greedy or r.request.sampling.seed is None)]  # fmt: skip
+    return same[:size]

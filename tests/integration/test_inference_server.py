@@ -222,3 +222,40 @@ def test_distillery_generate_streams_to_the_terminal(
     assert "base: length, " in shown.stderr and "20 completion tokens" in shown.stderr
     refused = distillery(PROMPT, "--token", "wrong")
     assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+
+
+def test_what_goes_wrong_is_said_and_the_engine_goes_on(
+    paper_adapter: Trained, blobs: BlobStore, tmp_path: Path
+) -> None:
+    with (
+        Server(paper_adapter.recipe.base_model, blobs, tmp_path) as fresh,
+        InferenceClient(fresh.address) as client,
+    ):
+        base = client.generate(PROMPT, model="base", max_tokens=12).text
+        # The last adapter unloaded: the base answers as before.
+        client.load_adapter("solo", str(paper_adapter.adapter))
+        assert client.generate(PROMPT, model="solo", max_tokens=12).text != base
+        client.unload_adapter("solo")
+        assert client.generate(PROMPT, model="base", max_tokens=12).text == base
+        # Names that are aliases or no directory's are refused before anything is fetched.
+        for bad in ("latest", "../up", "a/b"):
+            assert code_of(client.load_adapter, bad, str(paper_adapter.adapter)) == (
+                grpc.StatusCode.INVALID_ARGUMENT)  # fmt: skip
+
+        # Two requests with one seed at once: the same text (a seeded request runs alone).
+        def seeded(_: int) -> str:
+            return client.generate(PROMPT, model="base", max_tokens=16, temperature=1.0,
+                                   seed=11).text  # fmt: skip
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            twins = list(pool.map(seeded, range(2)))
+        assert twins[0] == twins[1]
+        # A batch that fails is an error for its callers, not a short answer.
+        real = fresh.engine.model.generate
+        fresh.engine.model.generate = lambda **_: (_ for _ in ()).throw(RuntimeError("boom"))
+        try:
+            assert code_of(client.generate, PROMPT, model="base") == grpc.StatusCode.INTERNAL
+            assert code_of(client.stream, PROMPT, model="base") == grpc.StatusCode.INTERNAL
+        finally:
+            fresh.engine.model.generate = real
+        assert client.generate(PROMPT, model="base", max_tokens=12).text == base
