@@ -21,6 +21,7 @@ from pipeline.worker import run_service
 from services.inference.config import InferenceSettings
 from services.inference.core import BASE, Model, Models
 from services.inference.engine import Engine
+from services.inference.metrics import InferenceMetrics
 from services.inference.openai_bridge import OpenAIBridge, serve_http
 from services.inference.promotion import Promotions
 from services.inference.server import Adapters, InferenceService, start
@@ -59,8 +60,10 @@ def main() -> None:
     models = Models(Model(BASE, "base", settings.base_model))
     adapters = Adapters(engine, models, open_store(settings.blobs), settings.work_dir / "adapters")
     interval_s = settings.stream_interval_ms / 1000
+    registry = CollectorRegistry()
     service = InferenceService(engine, models, adapters, settings.limits,
-                               settings.max_concurrency, interval_s)  # fmt: skip
+                               settings.max_concurrency, interval_s,
+                               InferenceMetrics(settings.service_name, registry))  # fmt: skip
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="grpc", daemon=True)
     thread.start()
@@ -77,7 +80,7 @@ def main() -> None:
         log.info("serving the OpenAI-compatible API on http://%s:%d/v1", settings.host, bound)
     promotions = Promotions(adapters, models, loop, max_adapters=settings.max_adapters)
     try:
-        run_service(settings, EvalResult, promotions.handle, registry=CollectorRegistry())
+        run_service(settings, EvalResult, promotions.handle, registry=registry)
     finally:
 
         async def drain() -> None:

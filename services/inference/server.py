@@ -42,6 +42,7 @@ from services.inference.core import (
     sampling,
 )
 from services.inference.engine import Engine, Request
+from services.inference.metrics import InferenceMetrics
 
 log = logging.getLogger("inference.server")
 
@@ -105,7 +106,7 @@ class Adapters:
 def _unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(method)
     async def call(self: Any, request: Any, context: Any) -> Any:
-        async with _errors(context):
+        async with _errors(context, self.metrics, method.__name__):
             return await method(self, request, context)
 
     return call
@@ -114,7 +115,7 @@ def _unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
 def _streaming(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
     @functools.wraps(method)
     async def call(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
-        async with _errors(context):
+        async with _errors(context, self.metrics, method.__name__):
             async for item in method(self, request, context):
                 yield item
 
@@ -131,7 +132,9 @@ class InferenceService(pb_grpc.InferenceServicer):
     def __init__(
         self, engine: Engine, models: Models, adapters: Adapters, limits: Limits,
         max_concurrency: int, stream_interval_s: float = 0.02,
+        metrics: InferenceMetrics | None = None,
     ) -> None:  # fmt: skip
+        self.metrics = metrics or InferenceMetrics("inference")
         self.engine = engine
         self.stream_interval_s = stream_interval_s
         self.models = models
@@ -188,6 +191,8 @@ class InferenceService(pb_grpc.InferenceServicer):
         if self.in_flight >= self.max_concurrency:
             raise Exhausted(f"{self.in_flight} requests in flight: this server's limit; retry")
         self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        started = time.monotonic()
         try:
             chosen = sampling(self.limits, max_tokens=params.max_tokens,
                               temperature=params.temperature, top_p=params.top_p,
@@ -213,6 +218,8 @@ class InferenceService(pb_grpc.InferenceServicer):
                     # per token would cost a small model more than its tokens do.
                     now = time.monotonic()
                     if held and now - sent_at >= self.stream_interval_s:
+                        if sent_at == -math.inf:
+                            self.metrics.first_token.observe(now - started)
                         yield Piece(held, model.name)
                         held, sent_at = "", now
                     if finish is not None:
@@ -221,9 +228,11 @@ class InferenceService(pb_grpc.InferenceServicer):
                 await steps.aclose()  # type: ignore[attr-defined]  # stops the engine's row
             if finish is not Finish.STOP_SEQUENCE:
                 held += matcher.flush()
+            self.metrics.tokens.labels(self.metrics.service, model.name).inc(generated)
             yield Piece(held, model.name, finish or Finish.LENGTH, len(ids), generated)
         finally:
             self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
 
     # --- models ----------------------------------------------------------------------------------
 
@@ -286,20 +295,29 @@ class _errors:  # noqa: N801 - used as a statement: `async with _errors(context)
     """The API's errors to their status codes (STATUS); a client that went away or a deadline
     that passed cancels the handler, which cancels the generation on its way out."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, metrics: InferenceMetrics, method: str) -> None:
         self.context = context
+        self.metrics = metrics
+        self.method = method
+        self.started = time.monotonic()
 
     async def __aenter__(self) -> None:
         return None
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: object) -> bool:  # fmt: skip
+        code = grpc.StatusCode.OK
         if isinstance(exc, ApiError):
             code = next(STATUS[k] for k in type(exc).__mro__ if k in STATUS)
-            await self.context.abort(code, str(exc))
-        if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
+        elif isinstance(exc, asyncio.CancelledError):
+            code = grpc.StatusCode.CANCELLED  # the client left, or its deadline passed
+        elif isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
             log.error("request failed", exc_info=exc)
-            await self.context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            code = grpc.StatusCode.INTERNAL
+        self.metrics.answered(self.method, code.name, time.monotonic() - self.started)
+        if isinstance(exc, ApiError) or code is grpc.StatusCode.INTERNAL:
+            await self.context.abort(code, str(exc) if isinstance(exc, ApiError)
+                                     else f"{type(exc).__name__}: {exc}")  # fmt: skip
         return False
 
 

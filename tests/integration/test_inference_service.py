@@ -69,6 +69,14 @@ def test_a_promotion_moves_latest_without_dropping_a_stream(
             assert dead.read_until(lambda r: len(r.records) == 1, timeout_s=30)
             assert decode(DlqRecord, dead.records[0].value).reason == "adapter_unloadable"
             assert client.generate(PROMPT, max_tokens=5).model == "ckpt-s"
+        # The service's own metrics beside the worker loop's: what Grafana shows.
+        assert rig.metric("distillery_inference_requests_total", method="Generate",
+                          code="OK") >= 4  # fmt: skip
+        assert rig.metric("distillery_inference_requests_total", method="GenerateStream",
+                          code="OK") == 1  # fmt: skip
+        assert rig.metric("distillery_inference_tokens_total", model="ckpt-s") >= 35
+        assert rig.metric("distillery_inference_first_token_seconds_count") >= 5
+        assert rig.metric("distillery_inference_in_flight") == 0
         rig.terminate(timeout_s=30)
     finally:
         rig.stop()
