@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.inference.core import Finish, Sampling
 
@@ -48,3 +48,27 @@ class Engine(Protocol):
     async def unload_adapter(self, name: str) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Tokenized:
+    """The tokenizer's side of an engine, which both engines share: a Hugging Face tokenizer
+    in `self.tokenizer`."""
+
+    tokenizer: Any
+
+    def encode(self, text: str) -> list[int]:
+        # A chat template writes its own BOS: a second one would be read as text.
+        bos = self.tokenizer.bos_token
+        special = not (bos and text.startswith(bos))
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def decode(self, token_ids: list[int]) -> str:
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        if not self.tokenizer.chat_template:
+            # A base model without a template: the plain transcript, then the reply's turn.
+            lines = [f"{m['role']}: {m['content']}" for m in messages]
+            return "\n".join([*lines, "assistant:"])
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=True))  # fmt: skip

@@ -29,7 +29,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
 
 from services.inference.core import PEFT_BASE, Finish, NotFound, Sampling
-from services.inference.engine import Request, Step
+from services.inference.engine import Request, Step, Tokenized
 
 log = logging.getLogger("inference.engine")
 
@@ -97,7 +97,7 @@ def _deliver(steps: list[tuple[_Row, Step]]) -> None:
         row.out.put_nowait(step)
 
 
-class TransformersEngine:
+class TransformersEngine(Tokenized):
     def __init__(self, base_model: str, *, device: str = "cpu", max_batch_size: int = 16) -> None:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(base_model)
         self.tokenizer.padding_side = "left"  # generation continues every row at its end
@@ -120,23 +120,6 @@ class TransformersEngine:
         self._thread.start()
 
     # --- the Engine protocol ------------------------------------------------------------------
-
-    def encode(self, text: str) -> list[int]:
-        # A chat template writes its own BOS: a second one would be read as text.
-        bos = self.tokenizer.bos_token
-        special = not (bos and text.startswith(bos))
-        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
-
-    def decode(self, token_ids: list[int]) -> str:
-        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        if not self.tokenizer.chat_template:
-            # A base model without a template: the plain transcript, then the reply's turn.
-            lines = [f"{m['role']}: {m['content']}" for m in messages]
-            return "\n".join([*lines, "assistant:"])
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                      add_generation_prompt=True))  # fmt: skip
 
     async def generate(self, request: Request) -> AsyncIterator[Step]:
         if request.adapter is not None and request.adapter not in self._adapters:

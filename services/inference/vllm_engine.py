@@ -18,12 +18,12 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from services.inference.core import Finish, NotFound
-from services.inference.engine import Request, Step
+from services.inference.engine import Request, Step, Tokenized
 
 _FINISH = {"stop": Finish.STOP, "length": Finish.LENGTH, "abort": Finish.STOP}
 
 
-class VLLMEngine:
+class VLLMEngine(Tokenized):
     def __init__(
         self,
         base_model: str,
@@ -43,22 +43,6 @@ class VLLMEngine:
         self.tokenizer: Any = AutoTokenizer.from_pretrained(base_model)
         self._loras: dict[str, Any] = {}  # name -> LoRARequest
         self._ids = itertools.count(1)  # vLLM's adapter ids: positive, unique
-
-    def encode(self, text: str) -> list[int]:
-        # A chat template writes its own BOS: a second one would be read as text.
-        bos = self.tokenizer.bos_token
-        special = not (bos and text.startswith(bos))
-        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
-
-    def decode(self, token_ids: list[int]) -> str:
-        return str(self.tokenizer.decode(token_ids, skip_special_tokens=True))
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        if not self.tokenizer.chat_template:
-            lines = [f"{m['role']}: {m['content']}" for m in messages]
-            return "\n".join([*lines, "assistant:"])
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                      add_generation_prompt=True))  # fmt: skip
 
     async def generate(self, request: Request) -> AsyncIterator[Step]:
         from vllm import SamplingParams

@@ -4,10 +4,8 @@ answered, a bad promotion is dead-lettered, and SIGTERM drains and exits cleanly
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import grpc
 import pytest
 
 from pipeline import topics
@@ -17,6 +15,7 @@ from pipeline.inference_client import InferenceClient
 from pipeline.messages import DlqRecord, EvalResult, decode
 from pipeline.settings import BlobSettings, KafkaSettings
 from tests.support.bus_harness import TopicReader
+from tests.support.inference import first_answer
 from tests.support.service_rig import ServiceRig
 from tests.support.trainer import Trained
 
@@ -46,14 +45,7 @@ def test_a_promotion_moves_latest_without_dropping_a_stream(
     try:
         rig.start()
         with InferenceClient(f"127.0.0.1:{port}", timeout_s=60) as client:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    base = client.generate(PROMPT, max_tokens=30)
-                    break
-                except grpc.RpcError:
-                    assert time.monotonic() < deadline, rig.log.read_text()
-                    time.sleep(0.5)
+            base = first_answer(client, PROMPT, rig.log, max_tokens=30, timeout_s=120)
             assert base.model == "base"
             stream = client.stream(PROMPT, model="base", max_tokens=400)
             first = next(stream)

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
+
 from pipeline.blobstore import BlobStore
+from pipeline.inference_api import inference_pb2 as pb
+from pipeline.inference_client import InferenceClient
 from services.inference.core import BASE, Limits, Model, Models
 from services.inference.server import Adapters, InferenceService, start
 from services.inference.transformers_engine import TransformersEngine
@@ -59,3 +64,17 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def first_answer(
+    client: InferenceClient, prompt: str, log: Path, *, max_tokens: int, timeout_s: float
+) -> pb.GenerateResponse:
+    """The service's first answer, once it is up (loading a model takes a while); the end
+    of its log if it never comes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.generate(prompt, max_tokens=max_tokens)
+        except grpc.RpcError:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)

@@ -8,10 +8,8 @@ stream is aborted in the engine."""
 from __future__ import annotations
 
 import concurrent.futures
-import time
 from pathlib import Path
 
-import grpc
 import pytest
 
 from pipeline.embedded import free_port
@@ -19,6 +17,7 @@ from pipeline.inference_api import inference_pb2 as pb
 from pipeline.inference_client import InferenceClient
 from pipeline.messages import EvalResult
 from pipeline.settings import KafkaSettings
+from tests.support.inference import first_answer
 from tests.support.service_rig import ServiceRig
 from tests.support.tiny_llama import random_adapter, tiny_llama
 
@@ -43,14 +42,7 @@ def test_vllm_serves_the_base_and_adapters_added_while_it_runs(
     try:
         rig.start()
         with InferenceClient(f"127.0.0.1:{port}", timeout_s=120) as client:
-            deadline = time.monotonic() + 240
-            while True:
-                try:
-                    base = client.generate(PROMPT, max_tokens=16)
-                    break
-                except grpc.RpcError:
-                    assert time.monotonic() < deadline, rig.log.read_text()[-3000:]
-                    time.sleep(1)
+            base = first_answer(client, PROMPT, rig.log, max_tokens=16, timeout_s=240)
             assert base.model == "base" and base.usage.completion_tokens == 16
             assert base.finish_reason == pb.FINISH_REASON_LENGTH
             assert "".join(client.stream(PROMPT, max_tokens=16)) == base.text
