@@ -66,8 +66,10 @@ class ExtractorRig(ServiceRig):
         """Send the documents, wait until all are committed, return what came of them."""
         self.wait(self.send(*docs), timeout_s)
         run_ids = {d.run_id for d in docs}
-        self.chunks.read_to_end()
-        self.dlq.read_to_end()
+        # Everything was produced (acks=all) before the offsets were committed: reading to
+        # the ends must get it all, and a slow read must fail here, not as a missing chunk.
+        assert self.chunks.read_to_end(timeout_s=120), "parsed-text not read to its end"
+        assert self.dlq.read_to_end(timeout_s=120), "the DLQ not read to its end"
         chunks: dict[str, list[ParsedChunk]] = {}
         for record in self.chunks.records:
             chunk = decode(ParsedChunk, record.value)
