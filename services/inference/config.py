@@ -65,8 +65,14 @@ class InferenceSettings(ServiceSettings):
     #: A stream's text is sent at most this often (the first piece at once): per token, a
     #: small model's messages cost more than its tokens (BENCHMARKS.md). 0: every token.
     stream_interval_ms: float = Field(20.0, ge=0)
-    #: Rows in one batch of the transformers engine.
+    #: Stream messages the server sends per second, all streams together: with many streams
+    #: each one's pieces come less often. A message costs about 0.1 ms of the interpreter
+    #: the transformers engine shares, so 500/s keeps that near 5 % (BENCHMARKS.md). 0: no cap.
+    stream_messages_per_s: float = Field(500.0, ge=0)
+    #: Rows in one batch of the transformers engine, and how long it waits for the callers
+    #: of its last batch to come back before starting a smaller one (0: never waits).
     max_batch_size: int = Field(16, ge=1)
+    batch_wait_ms: float = Field(20.0, ge=0)
     #: Promoted adapters kept loaded; the oldest beyond this is unloaded.
     max_adapters: int = Field(8, ge=1)
 

@@ -47,7 +47,8 @@ def _engine(settings: InferenceSettings, device: str) -> Engine:
     from services.inference.transformers_engine import TransformersEngine
 
     return TransformersEngine(settings.base_model, device=device,
-                              max_batch_size=settings.max_batch_size)  # fmt: skip
+                              max_batch_size=settings.max_batch_size,
+                              batch_wait_s=settings.batch_wait_ms / 1000)  # fmt: skip
 
 
 def main() -> None:
@@ -63,6 +64,7 @@ def main() -> None:
     registry = CollectorRegistry()
     service = InferenceService(engine, models, adapters, settings.limits,
                                settings.max_concurrency, interval_s,
+                               settings.stream_messages_per_s,
                                InferenceMetrics(settings.service_name, registry))  # fmt: skip
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="grpc", daemon=True)

@@ -132,11 +132,12 @@ class InferenceService(pb_grpc.InferenceServicer):
     def __init__(
         self, engine: Engine, models: Models, adapters: Adapters, limits: Limits,
         max_concurrency: int, stream_interval_s: float = 0.02,
-        metrics: InferenceMetrics | None = None,
+        stream_messages_per_s: float = 0.0, metrics: InferenceMetrics | None = None,
     ) -> None:  # fmt: skip
         self.metrics = metrics or InferenceMetrics("inference")
         self.engine = engine
         self.stream_interval_s = stream_interval_s
+        self.stream_messages_per_s = stream_messages_per_s
         self.models = models
         self.adapters = adapters
         self.limits = limits
@@ -205,19 +206,26 @@ class InferenceService(pb_grpc.InferenceServicer):
             matcher, text = StopMatcher(chosen.stop), IncrementalText(self.engine.decode, ids)
             finish: Finish | None = None
             generated, held, sent_at = 0, "", -math.inf
+            undecoded: list[int] = []
             steps = self.engine.generate(Request(ids, adapter, chosen))
             try:
                 async for step in steps:
                     generated += len(step.token_ids)
-                    shown, stopped = matcher.feed(
-                        text.add(step.token_ids, last=step.finish is not None)
-                    )
-                    finish = Finish.STOP_SEQUENCE if stopped else step.finish
-                    held += shown
-                    # Pieces at most every stream_interval_s (the first at once): a message
-                    # per token would cost a small model more than its tokens do.
+                    undecoded += step.token_ids
+                    finish = step.finish
+                    # Pieces at most every stream_interval (the first at once): a message
+                    # per token would cost a small model more than its tokens do. Tokens are
+                    # decoded when a piece is due, or at every step if a stop string may end
+                    # the generation there.
                     now = time.monotonic()
-                    if held and now - sent_at >= self.stream_interval_s:
+                    due = now - sent_at >= self.stream_interval()
+                    if not (due or chosen.stop or finish is not None):
+                        continue
+                    shown, stopped = matcher.feed(text.add(undecoded, last=finish is not None))
+                    undecoded = []
+                    finish = Finish.STOP_SEQUENCE if stopped else finish
+                    held += shown
+                    if held and due:
                         if sent_at == -math.inf:
                             self.metrics.first_token.observe(now - started)
                         yield Piece(held, model.name)
@@ -233,6 +241,13 @@ class InferenceService(pb_grpc.InferenceServicer):
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.set(self.in_flight)
+
+    def stream_interval(self) -> float:
+        """The time between a stream's pieces: stream_interval_s, or longer while many
+        streams share the stream_messages_per_s the server may send in all."""
+        if not self.stream_messages_per_s:
+            return self.stream_interval_s
+        return max(self.stream_interval_s, self.in_flight / self.stream_messages_per_s)
 
     # --- models ----------------------------------------------------------------------------------
 

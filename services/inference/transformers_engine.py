@@ -8,6 +8,12 @@ row its new token, and ends a row when it meets its end-of-sequence token, its o
 or its client going away. Requests that arrive meanwhile wait for the next batch (static
 batching: vLLM is the engine that batches continuously).
 
+Static batching punishes a batch started a moment too soon: whoever arrives just after it
+waits for all of it. The callers of the batch that just ended usually send their next request
+at once, so before starting a batch without them the thread waits for them, for
+`batch_wait_s` at most (a dynamic batcher's queue delay). Without this, 32 closed-loop
+clients settled into batches of 1 and 31, or of 16 and 16, taking turns (BENCHMARKS.md).
+
 Adapters are loaded and unloaded under the model's lock, between batches: requests in flight
 finish on the adapters they started with, and none is dropped.
 """
@@ -18,6 +24,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -98,7 +105,10 @@ def _deliver(steps: list[tuple[_Row, Step]]) -> None:
 
 
 class TransformersEngine(Tokenized):
-    def __init__(self, base_model: str, *, device: str = "cpu", max_batch_size: int = 16) -> None:
+    def __init__(
+        self, base_model: str, *, device: str = "cpu", max_batch_size: int = 16,
+        batch_wait_s: float = 0.02,
+    ) -> None:  # fmt: skip
         self.tokenizer: Any = AutoTokenizer.from_pretrained(base_model)
         self.tokenizer.padding_side = "left"  # generation continues every row at its end
         if self.tokenizer.pad_token is None:
@@ -107,6 +117,7 @@ class TransformersEngine(Tokenized):
         model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
         self.model: Any = model.to(device).eval()
         self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
         eos = self.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
         self._adapters: set[str] = set()
@@ -194,21 +205,19 @@ class TransformersEngine(Tokenized):
 
     def _gather_and_run(self, pending: list[_Row]) -> None:
         closing = False
+        wanted = 1  # rows worth waiting for: those waiting, and the last batch's callers
         while pending or not closing:
             if not pending:
-                first = self._waiting.get()
-                if first is None:
+                closing = self._take(pending, block=True)
+                if not pending:
                     return
-                pending.append(first)
-            while True:  # everything waiting now
-                try:
-                    row = self._waiting.get_nowait()
-                except queue.Empty:
+            closing |= self._take(pending)
+            deadline = time.monotonic() + self.batch_wait_s
+            while not closing and len(pending) < min(wanted, self.max_batch_size):
+                left = deadline - time.monotonic()
+                if left <= 0:
                     break
-                if row is None:
-                    closing = True
-                else:
-                    pending.append(row)
+                closing |= self._take(pending, block=True, timeout=left)
             for row in [r for r in pending if r.cancelled.is_set()]:
                 pending.remove(row)
                 row.send(_DONE)
@@ -218,6 +227,25 @@ class TransformersEngine(Tokenized):
             for row in batch:
                 pending.remove(row)
             self._run(batch)
+            # Those who came during the batch, and the batch's callers: without the second,
+            # two halves of the clients would take turns, each batch half full.
+            wanted = len(pending) + self._waiting.qsize() + len(batch)
+
+    def _take(self, pending: list[_Row], *, block: bool = False,
+              timeout: float | None = None) -> bool:  # fmt: skip
+        """Every request waiting now into `pending` (with `block`, the first one waited for,
+        up to `timeout`); True once `close` has been asked for."""
+        closing = False
+        try:
+            row = self._waiting.get(block=block, timeout=timeout)
+            while True:
+                if row is None:
+                    closing = True
+                else:
+                    pending.append(row)
+                row = self._waiting.get_nowait()
+        except queue.Empty:
+            return closing
 
     def _run(self, rows: list[_Row]) -> None:
         with self._lock, torch.inference_mode():

@@ -86,6 +86,19 @@ def test_unary_and_streaming_give_the_same_greedy_text(client: InferenceClient) 
     assert sampled[0] == sampled[1]
 
 
+def test_coalesced_pieces_carry_the_same_text(
+    client: InferenceClient, paper_adapter: Trained, blobs: BlobStore, tmp_path: Path
+) -> None:
+    whole = client.generate(PROMPT, model="base", max_tokens=40).text  # a piece per token
+    with (
+        Server(paper_adapter.recipe.base_model, blobs, tmp_path, stream_interval_s=60) as slow,
+        InferenceClient(slow.address) as slow_client,
+    ):
+        pieces = list(slow_client.stream(PROMPT, model="base", max_tokens=40))
+    # The first piece at once, then the other 39 tokens decoded together at the end.
+    assert len(pieces) == 2 and "".join(pieces) == whole
+
+
 def test_an_adapter_changes_the_answer_and_latest_follows_a_promotion(
     server: Server, client: InferenceClient, paper_adapter: Trained, blobs: BlobStore
 ) -> None:

@@ -34,6 +34,7 @@ class Server:
         max_concurrency: int = 64,
         max_batch_size: int = 16,
         stream_interval_s: float = 0.0,
+        stream_messages_per_s: float = 0.0,
     ) -> None:
         self.token = token
         self.engine = TransformersEngine(base_model, max_batch_size=max_batch_size)
@@ -41,7 +42,8 @@ class Server:
         self.adapters = Adapters(self.engine, self.models, blobs, work / "adapters")
         limits = limits or Limits(max_prompt_tokens=256, max_tokens=512, default_max_tokens=32)
         self.service = InferenceService(self.engine, self.models, self.adapters, limits,
-                                        max_concurrency, stream_interval_s)  # fmt: skip
+                                        max_concurrency, stream_interval_s,
+                                        stream_messages_per_s)  # fmt: skip
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()

@@ -1,7 +1,10 @@
 """The inference service's rules: sampling checked against the caps, stop strings found in
-text arriving in pieces, the model table and its `latest` alias."""
+text arriving in pieces, the model table and its `latest` alias, and how often a stream's
+pieces go out."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 
@@ -15,6 +18,7 @@ from services.inference.core import (
     check_prompt,
     sampling,
 )
+from services.inference.server import InferenceService
 
 pytestmark = pytest.mark.unit
 
@@ -79,3 +83,14 @@ def test_latest_follows_promotions_and_names_are_checked() -> None:
     for reserved in ("base", "latest", "__base__"):
         with pytest.raises(InvalidArgument, match="reserved"):
             models.add(Model(reserved, "adapter", "stories"), make_latest=False)
+
+
+def test_many_streams_share_the_servers_message_budget() -> None:
+    nothing: Any = None  # the interval needs no engine, models or adapters
+    service = InferenceService(nothing, nothing, nothing, LIMITS, 64, stream_interval_s=0.02,
+                               stream_messages_per_s=500)  # fmt: skip
+    for streams, interval in ((0, 0.02), (1, 0.02), (10, 0.02), (32, 0.064), (64, 0.128)):
+        service.in_flight = streams
+        assert service.stream_interval() == pytest.approx(interval)
+    service.stream_messages_per_s = 0  # no budget: the interval alone
+    assert service.stream_interval() == 0.02
