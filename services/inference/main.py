@@ -18,13 +18,14 @@ from pipeline.blobstore import open_store
 from pipeline.messages import EvalResult
 from pipeline.settings import load
 from pipeline.worker import run_service
+from services.inference.adapters import Adapters
 from services.inference.config import InferenceSettings
 from services.inference.core import BASE, Model, Models
 from services.inference.engine import Engine
 from services.inference.metrics import InferenceMetrics
 from services.inference.openai_bridge import OpenAIBridge, serve_http
 from services.inference.promotion import Promotions
-from services.inference.server import Adapters, InferenceService, start
+from services.inference.server import InferenceService, start
 
 log = logging.getLogger("inference")
 

@@ -13,8 +13,8 @@ from typing import TypeVar
 
 from pipeline.errors import BadInput, Retryable
 from pipeline.messages import EvalResult, Message
+from services.inference.adapters import Adapters
 from services.inference.core import ApiError, Model, Models, NotFound
-from services.inference.server import Adapters
 
 log = logging.getLogger("inference.promotion")
 T = TypeVar("T")

@@ -9,21 +9,18 @@ import functools
 import hmac
 import logging
 import math
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pipeline.blobstore import BlobStore, get_tree, name_of
-from pipeline.errors import BadInput
 from pipeline.inference_api import inference_pb2 as pb
 from pipeline.inference_api import inference_pb2_grpc as pb_grpc
+from services.inference.adapters import Adapters
 from services.inference.core import (
     BASE,
     ApiError,
@@ -37,7 +34,6 @@ from services.inference.core import (
     NotFound,
     StopMatcher,
     Unauthenticated,
-    check_adapter_name,
     check_prompt,
     sampling,
 )
@@ -69,40 +65,6 @@ class Piece:
     completion_tokens: int = 0
 
 
-class Adapters:
-    """Loads adapters from the blob store (or a local directory) into the engine and the
-    model table: for LoadAdapter and for promotions from `eval-results`."""
-
-    def __init__(self, engine: Engine, models: Models, blobs: BlobStore, directory: Path) -> None:
-        self.engine = engine
-        self.models = models
-        self.blobs = blobs
-        self.directory = directory
-
-    async def load(self, adapter: Model, *, make_latest: bool) -> Model:
-        check_adapter_name(adapter.name)  # before anything: it names a directory too
-        local = Path(adapter.adapter_uri)
-        if not local.is_dir():
-            local = self.directory / adapter.name
-            try:
-                name = name_of(self.blobs, adapter.adapter_uri)
-                await asyncio.to_thread(_fetch, self.blobs, name, local)
-            except BadInput as exc:
-                raise NotFound(f"no adapter at {adapter.adapter_uri}: {exc}") from None
-        if not (local / "adapter_config.json").is_file():
-            raise InvalidArgument(f"{adapter.adapter_uri} holds no peft adapter "
-                                  "(adapter_config.json)")  # fmt: skip
-        await self.engine.load_adapter(adapter.name, local)
-        self.models.add(adapter, make_latest=make_latest)
-        log.info("adapter %s loaded from %s%s", adapter.name, adapter.adapter_uri,
-                 " as latest" if make_latest else "")  # fmt: skip
-        return adapter
-
-    async def unload(self, name: str) -> None:
-        model = self.models.remove(name)  # unknown first: NOT_FOUND before the engine is asked
-        await self.engine.unload_adapter(model.name)
-
-
 def _unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(method)
     async def call(self: Any, request: Any, context: Any) -> Any:
@@ -120,12 +82,6 @@ def _streaming(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., Async
                 yield item
 
     return call
-
-
-def _fetch(blobs: BlobStore, name: str, directory: Path) -> None:
-    """The adapter's files alone in `directory` (an earlier one of that name removed)."""
-    shutil.rmtree(directory, ignore_errors=True)
-    get_tree(blobs, name, directory)
 
 
 class InferenceService(pb_grpc.InferenceServicer):

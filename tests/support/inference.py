@@ -15,8 +15,9 @@ import grpc
 from pipeline.blobstore import BlobStore
 from pipeline.inference_api import inference_pb2 as pb
 from pipeline.inference_client import InferenceClient
+from services.inference.adapters import Adapters
 from services.inference.core import BASE, Limits, Model, Models
-from services.inference.server import Adapters, InferenceService, start
+from services.inference.server import InferenceService, start
 from services.inference.transformers_engine import TransformersEngine
 
 T = TypeVar("T")
