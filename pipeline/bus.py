@@ -50,12 +50,15 @@ def admin(settings: KafkaSettings) -> KafkaAdminClient:
     return KafkaAdminClient(**settings.client_config())
 
 
-def ensure_topics(settings: KafkaSettings, partitions: Mapping[str, int]) -> list[str]:
+def ensure_topics(
+    settings: KafkaSettings, partitions: Mapping[str, int], replication: int = 1
+) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
     client = admin(settings)
     try:
         existing = set(client.list_topics())
-        missing = [NewTopic(name, n, 1) for name, n in partitions.items() if name not in existing]
+        missing = [NewTopic(name, n, replication) for name, n in partitions.items()
+                   if name not in existing]  # fmt: skip
         created = []
         for topic in missing:
             try:

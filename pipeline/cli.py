@@ -161,9 +161,26 @@ def _print_status(state: StackState) -> None:
 
 
 @app.command("topics")
-def topics_(home: HomeOption = DEFAULT_HOME) -> None:
+def topics_(
+    home: HomeOption = DEFAULT_HOME,
+    create: Annotated[
+        bool,
+        typer.Option("--create", help="First create every pipeline topic and DLQ that is "
+                     "missing, with its partitions (a cluster's set-up; the embedded stack "
+                     "does it itself)."),
+    ] = False,
+    replication: Annotated[
+        int, typer.Option(min=1, help="Replication factor of the topics --create makes.")
+    ] = 1,
+) -> None:  # fmt: skip
     """Messages per topic, DLQ counts, and each consumer group's committed offsets and lag."""
     settings = kafka_settings(home.resolve())
+    if create:
+        try:
+            made = bus.ensure_topics(settings, topics.all_topics(), replication)
+        except KafkaError as exc:
+            raise fail(f"cannot create topics on {settings.bootstrap_servers}: {exc}") from None
+        console.print(f"created {', '.join(made)}" if made else "every topic exists already")
     try:
         reader = bus.consumer(settings, group_id=None)
         try:

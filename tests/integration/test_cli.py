@@ -18,7 +18,7 @@ from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from pipeline import bus, topics
-from pipeline.embedded import pid_alive
+from pipeline.embedded import Broker, pid_alive
 from pipeline.messages import FolderSource, SourceRequest, encode
 from pipeline.settings import KafkaSettings
 
@@ -325,3 +325,28 @@ def test_read_all_reads_every_partition(kafka: KafkaSettings, make_topic) -> Non
     producer.close()
     values = sorted(r.value for r in read_all(kafka, topic))
     assert values == sorted(b"v%d" % i for i in range(600))
+
+
+def test_topics_create_sets_up_a_bare_cluster(tmp_path):
+    """What compose's topic-init runs: every topic and DLQ with its partitions, once."""
+    with Broker() as bare:
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bare.bootstrap, "COLUMNS": "200"}
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "pipeline.cli", "topics", *args],
+                                  env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                                  timeout=90, check=False)  # fmt: skip
+
+        first = run("--create")
+        assert first.returncode == 0, first.stderr
+        assert "created" in first.stdout
+        assert {n: c[0] for n, c in topic_rows(first.stdout).items()} == {
+            name: str(n) for name, n in topics.PARTITIONS.items()
+        }
+        reader = bus.consumer(KafkaSettings(bootstrap_servers=bare.bootstrap), group_id=None)
+        try:
+            assert set(topics.all_topics()) <= set(reader.topics())
+        finally:
+            reader.close()
+        again = run("--create")
+        assert again.returncode == 0 and "every topic exists already" in again.stdout
