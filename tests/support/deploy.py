@@ -1,0 +1,80 @@
+"""What the deployment files must agree with, read from the code: each service's settings
+class and the variables it reads, the metrics the services export."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from pydantic import AliasChoices
+from pydantic_settings import BaseSettings
+
+from pipeline.metrics import WorkerMetrics
+from pipeline.settings import BlobSettings, KafkaSettings, ServiceSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("scraper", "extractor", "synthesizer", "trainer", "evaluator", "inference")
+METRICS_PORT = 9100
+
+
+def settings_of(service: str) -> type[ServiceSettings]:
+    module = importlib.import_module(f"services.{service}.config")
+    (cls,) = [v for v in vars(module).values() if inspect.isclass(v)
+              and issubclass(v, ServiceSettings) and v.__module__ == module.__name__]  # fmt: skip
+    return cls
+
+
+def env_names(cls: type[BaseSettings]) -> set[str]:
+    """The variables a settings class reads."""
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    out: set[str] = set()
+    for name, field in cls.model_fields.items():
+        if name in ("kafka", "blobs"):
+            continue
+        alias = field.validation_alias
+        out |= ({str(c) for c in alias.choices} if isinstance(alias, AliasChoices)
+                else {prefix + name.upper()})  # fmt: skip
+    return out
+
+
+def required_env(service: str) -> list[set[str]]:
+    """The variables a service cannot start without: one of each set (aliases)."""
+    out = []
+    for cls in (settings_of(service), KafkaSettings, BlobSettings):
+        prefix = str(cls.model_config.get("env_prefix", "")).upper()
+        for name, field in cls.model_fields.items():
+            if field.is_required() and name not in ("kafka", "blobs"):
+                alias = field.validation_alias
+                out.append({str(c) for c in alias.choices} if isinstance(alias, AliasChoices)
+                           else {prefix + name.upper()})  # fmt: skip
+    return out
+
+
+def service_env(service: str) -> set[str]:
+    """Everything a service's process reads: its own variables, Kafka's and the blob store's."""
+    return env_names(settings_of(service)) | env_names(KafkaSettings) | env_names(BlobSettings)
+
+
+def exported_metrics() -> set[str]:
+    """Every metric name the services export, as Prometheus sees it (counters with _total,
+    histograms with _bucket, _sum and _count)."""
+    registry = CollectorRegistry()
+    WorkerMetrics("any", "any", registry)
+    for service in SERVICES:
+        module = importlib.import_module(f"services.{service}.metrics")
+        for cls in vars(module).values():
+            if inspect.isclass(cls) and cls.__module__ == module.__name__:
+                extra = ("openai", "model") if service == "synthesizer" else ()
+                cls(service, registry, *extra)
+    # From the families: a labelled metric has no sample until a label is used.
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    return {family.name + suffix for family in registry.collect()
+            for suffix in suffixes.get(family.type, ("",))}  # fmt: skip
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """The distillery_* metric names a PromQL expression reads."""
+    return set(re.findall(r"\bdistillery_[a-z_]+\b", expr))
