@@ -58,6 +58,14 @@ class WorkerMetrics:
     def lag(self, topic: str, partition: int, value: int) -> None:
         self._lag.labels(self.service, topic, str(partition)).set(value)
 
+    def forget_lag(self, topic: str, partition: int) -> None:
+        """A partition that moved away: its new owner reports its lag (a frozen value here
+        would count it twice in a group's sum)."""
+        try:
+            self._lag.remove(self.service, topic, str(partition))
+        except KeyError:
+            pass  # never reported here
+
     def serve(self, port: int) -> int:
         """Expose /metrics on `port` (0 = any free port); returns the bound port."""
         server, _thread = start_http_server(port, registry=self.registry)

@@ -413,6 +413,8 @@ class _Rebalance(AsyncConsumerRebalanceListener):  # type: ignore[misc]  # untyp
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         if not revoked:
             return
+        for tp in revoked:
+            self.worker.metrics.forget_lag(tp.topic, tp.partition)
         offsets = self.worker._revoked(list(revoked))
         if offsets:
             try:

@@ -18,9 +18,11 @@ from tests.support.deploy import (
     REPO_ROOT,
     SERVICES,
     exported_metrics,
+    image_env,
     promql_metrics,
     required_env,
     service_env,
+    settings_load,
 )
 
 pytestmark = pytest.mark.deploy
@@ -32,11 +34,14 @@ SERVICES_IN_COMPOSE: dict[str, Any] = COMPOSE["services"]
 RUNS = {name: name.removesuffix("-gpu") for name in SERVICES_IN_COMPOSE
         if name.removesuffix("-gpu") in SERVICES}  # fmt: skip
 INTERPOLATION = re.compile(r"\$\{([A-Z0-9_]+)(?::?[-?]([^}]*))?\}")
+#: .env as a user starts it: a copy of .env.example.
+EXAMPLE = dict(line.split("=", 1) for line in (REPO_ROOT / ".env.example").read_text().splitlines()
+               if line and not line.startswith("#"))  # fmt: skip
 
 
 def value(text: object) -> str:
-    """A compose value with ${VAR:-default} read as its default."""
-    return INTERPOLATION.sub(lambda m: m.group(2) or "", str(text))
+    """A compose value as compose reads it with .env a copy of .env.example."""
+    return INTERPOLATION.sub(lambda m: EXAMPLE.get(m.group(1)) or m.group(2) or "", str(text))
 
 
 def test_it_is_a_valid_compose_file() -> None:
@@ -48,10 +53,30 @@ def test_it_is_a_valid_compose_file() -> None:
 
 def test_every_variable_it_interpolates_is_in_env_example_and_none_is_left_over() -> None:
     used = {m.group(1) for m in INTERPOLATION.finditer(COMPOSE_FILE.read_text())}
-    lines = (REPO_ROOT / ".env.example").read_text().splitlines()
-    example = {line.split("=", 1)[0] for line in lines if line and not line.startswith("#")}
-    assert used <= example, f"not in .env.example: {sorted(used - example)}"
-    assert example - used == {"COMPOSE_PROFILES"}, "what .env.example sets, compose uses"
+    assert used <= set(EXAMPLE), f"not in .env.example: {sorted(used - set(EXAMPLE))}"
+    assert set(EXAMPLE) - used == {"COMPOSE_PROFILES"}, "what .env.example sets, compose uses"
+    assert EXAMPLE["COMPOSE_PROFILES"] == "cpu"
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_each_services_settings_load_from_what_its_container_is_given(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its image's variables, then compose's, with .env a copy of .env.example; paths under
+    a bind mount read from the host directory behind it (../shared by default)."""
+    service = SERVICES_IN_COMPOSE[name]
+    dockerfile = REPO_ROOT / service["build"]["dockerfile"]
+    env = image_env(dockerfile) | {k: value(v) for k, v in service["environment"].items()}
+    mounts = {}
+    for volume in service.get("volumes", []):
+        host, inside = value(volume).split(":")[:2]
+        if host.startswith((".", "/")):
+            mounts[inside] = str((REPO_ROOT / host).resolve())
+    for key, text in env.items():
+        for inside, host in mounts.items():
+            if text == inside or text.startswith(inside + "/"):
+                env[key] = host + text[len(inside) :]
+    settings_load(RUNS[name], env, monkeypatch)
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
@@ -74,7 +99,10 @@ def test_each_service_gets_only_variables_it_reads_and_all_it_needs(name: str) -
 
 def test_kafka_topics_and_the_bucket_are_set_up_by_the_code_that_defines_them() -> None:
     kafka = SERVICES_IN_COMPOSE["kafka"]["environment"]
-    assert "INTERNAL://kafka:9092" in kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert "INTERNAL://kafka:9092" in value(kafka["KAFKA_ADVERTISED_LISTENERS"]).split(",")
+    # The topics live on the volume, not in the container.
+    volumes = dict(v.split(":")[::-1] for v in SERVICES_IN_COMPOSE["kafka"]["volumes"])
+    assert volumes[kafka["KAFKA_LOG_DIRS"]] in COMPOSE["volumes"]
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     # `distillery topics --create` makes pipeline/topics.py's topics (tests/integration).
     init = SERVICES_IN_COMPOSE["topic-init"]
@@ -95,7 +123,8 @@ def test_synthesizers_scale_and_the_gpu_profile_swaps_trainer_and_inference() ->
         assert gpu["profiles"] == ["gpu"]
         (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
-    assert SERVICES_IN_COMPOSE["inference-gpu"]["networks"]["default"]["aliases"] == ["inference"]
+        # The other services, clients and Prometheus use one name, whichever profile runs.
+        assert gpu["networks"]["default"]["aliases"] == [name]
     assert "Dockerfile.vllm" in SERVICES_IN_COMPOSE["inference-gpu"]["build"]["dockerfile"]
     others = set(SERVICES_IN_COMPOSE) - {"trainer", "inference", "trainer-gpu", "inference-gpu"}
     assert not any("profiles" in SERVICES_IN_COMPOSE[n] for n in others)
@@ -118,7 +147,7 @@ def test_prometheus_scrapes_every_service_and_the_dashboard_reads_what_they_expo
     config = yaml.safe_load((REPO_ROOT / "deploy/prometheus/prometheus.yml").read_text())
     (job,) = config["scrape_configs"]
     (found,) = job["dns_sd_configs"]
-    assert set(found["names"]) == set(RUNS) and found["port"] == METRICS_PORT
+    assert set(found["names"]) == set(SERVICES) and found["port"] == METRICS_PORT
     dashboard = json.loads((REPO_ROOT / "deploy/grafana/dashboards/distillery.json").read_text())
     asked = {name for panel in dashboard["panels"] for target in panel["targets"]
              for name in promql_metrics(target["expr"])}  # fmt: skip

@@ -12,29 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.deploy import METRICS_PORT, REPO_ROOT, SERVICES, service_env
+from tests.support.deploy import (
+    METRICS_PORT,
+    REPO_ROOT,
+    SERVICES,
+    image_env,
+    instructions,
+    service_env,
+    settings_of,
+)
 
 pytestmark = pytest.mark.deploy
 
 DOCKERFILES = sorted(REPO_ROOT.glob("services/*/Dockerfile*"))
 #: Variables images set for the libraries beneath the services, not for the services.
 LIBRARY_ENV = {"HF_HOME", "NUMBA_CACHE_DIR", "SE_OFFLINE"}
-
-
-def instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
-    lines = [line.strip() for line in text.splitlines()]
-    return [(line.split()[0].upper(), line.partition(" ")[2].strip())
-            for line in lines if line and not line.startswith("#")]  # fmt: skip
-
-
-def env_of(dockerfile: Path) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for kind, args in instructions(dockerfile):
-        if kind == "ENV":
-            found |= dict(pair.split("=", 1) for pair in args.split())
-    return found
 
 
 def test_hadolint_passes_on_every_dockerfile() -> None:
@@ -71,9 +63,14 @@ def test_each_image_runs_its_service_as_ci_installs_it(dockerfile: Path) -> None
     (user,) = [args for kind, args in steps if kind == "USER"]
     assert re.fullmatch(r"[1-9]\d*(:\d+)?", user)
     # Metrics on the port Prometheus scrapes, a health check, and only known variables.
-    env = env_of(dockerfile)
+    env = image_env(dockerfile)
     assert env[f"{service.upper()}_METRICS_PORT"] == str(METRICS_PORT)
-    assert any(kind == "HEALTHCHECK" and "pipeline.healthcheck" in args for kind, args in steps)
+    (check,) = [args for kind, args in steps if kind == "HEALTHCHECK"]
+    if service == "inference":  # the gRPC health service, on the port it serves
+        probe = f'"grpc", "{settings_of(service).model_fields["port"].default}"'
+    else:
+        probe = f'"metrics", "{METRICS_PORT}"'
+    assert check.endswith(f'"pipeline.healthcheck", {probe}]')
     assert set(env) - LIBRARY_ENV <= service_env(service)
 
 

@@ -23,8 +23,10 @@ from tests.support.deploy import (
     METRICS_PORT,
     REPO_ROOT,
     SERVICES,
+    image_env,
     required_env,
     service_env,
+    settings_load,
     settings_of,
 )
 
@@ -154,6 +156,36 @@ def test_each_service_gets_only_variables_it_reads_and_all_it_needs(overlay: str
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_services_settings_load_from_what_its_pod_is_given(
+    overlay: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Its image's variables, then the pod's: ConfigMaps whole, Secrets' values stood in
+    for, and files from mounted Secrets written where the settings read them."""
+    for _, spec, container in containers(overlay):
+        service = service_of(container)
+        if service is None:
+            continue
+        vllm = container["image"].split(":")[0].endswith("-vllm")
+        dockerfile = (
+            REPO_ROOT / "services" / service / ("Dockerfile.vllm" if vllm else "Dockerfile")
+        )
+        env = image_env(dockerfile) | {k: v or "from-a-secret"
+                                       for k, v in env_of(overlay, container).items()}  # fmt: skip
+        secrets = {v["name"]: v["secret"]["secretName"] for v in spec.get("volumes", [])
+                   if "secret" in v}  # fmt: skip
+        for mount in container.get("volumeMounts", []):
+            if mount["name"] in secrets:
+                for key, path in env.items():
+                    if path.startswith(mount["mountPath"] + "/"):
+                        stand_in = tmp_path / service / path.lstrip("/")
+                        stand_in.parent.mkdir(parents=True, exist_ok=True)
+                        stand_in.write_text("from-a-secret\n")
+                        env[key] = str(stand_in)
+        with monkeypatch.context() as patch:
+            settings_load(service, env, patch)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_kafka_is_where_the_services_look_for_it(overlay: str) -> None:
     (kafka,) = of_kind(overlay, "Kafka")
     (listener,) = [li for li in kafka["spec"]["kafka"]["listeners"] if not li["tls"]]
@@ -165,7 +197,10 @@ def test_kafka_is_where_the_services_look_for_it(overlay: str) -> None:
     (trigger,) = scaler["spec"]["triggers"]
     synthesizer = settings_of("synthesizer").model_fields
     assert trigger["type"] == "kafka"
-    assert trigger["metadata"]["bootstrapServers"] == bootstrap
+    # Fully qualified: KEDA's operator asks from a namespace of its own.
+    namespace = kafka["metadata"]["namespace"]
+    host, port = bootstrap.split(":")
+    assert trigger["metadata"]["bootstrapServers"] == f"{host}.{namespace}.svc:{port}"
     assert trigger["metadata"]["topic"] == synthesizer["input_topic"].default == topics.PARSED_TEXT
     assert trigger["metadata"]["consumerGroup"] == synthesizer["service_name"].default
     # More synthesizers than parsed-text's partitions would idle.

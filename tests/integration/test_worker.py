@@ -115,6 +115,11 @@ def retries(worker: Worker[Item]) -> float | None:
     )
 
 
+def lag_reported(worker: Worker[Item]) -> bool:
+    samples = [s for family in worker.metrics.registry.collect() for s in family.samples]
+    return any(sample.name == "distillery_consumer_lag" for sample in samples)
+
+
 def wait_committed(rig: Rig, n: int, check: Callable[[], None] = lambda: None) -> int:
     """Poll until the group has committed `n` offsets in all (or TIMEOUT_S), calling `check`
     between polls; the total committed."""
@@ -361,3 +366,20 @@ def test_a_member_joining_mid_handler_crashes_nothing_and_loses_nothing(rig):
     # Running re-raises a worker's crash on exit; every record was handled (at least once).
     rig.out.read_until(lambda r: set(r.keys()) >= {"0", "1", "2"}, TIMEOUT_S)
     assert set(rig.out.keys()) == {"0", "1", "2"}
+
+
+def test_a_partition_that_moves_away_takes_its_lag_with_it(rig):
+    """A group's summed lag must count each partition once: the member it was revoked from
+    stops reporting it (its new owner reports it after its first commit)."""
+    rig.produce(3)
+    first = rig.worker(lambda item: [item])
+    with Running(first):
+        assert wait_committed(rig, 3) >= 3
+        deadline = time.monotonic() + TIMEOUT_S
+        while not lag_reported(first):
+            assert time.monotonic() < deadline, "no lag was ever reported"
+            time.sleep(0.1)
+        with Running(rig.worker(lambda item: [item])):  # joins: the group rebalances
+            while lag_reported(first):
+                assert time.monotonic() < deadline + TIMEOUT_S, "the revoked lag stayed"
+                time.sleep(0.1)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from pipeline.metrics import WorkerMetrics
-from pipeline.settings import BlobSettings, KafkaSettings, ServiceSettings
+from pipeline.settings import BlobSettings, KafkaSettings, ServiceSettings, load
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("scraper", "extractor", "synthesizer", "trainer", "evaluator", "inference")
@@ -56,6 +58,34 @@ def required_env(service: str) -> list[set[str]]:
 def service_env(service: str) -> set[str]:
     """Everything a service's process reads: its own variables, Kafka's and the blob store's."""
     return env_names(settings_of(service)) | env_names(KafkaSettings) | env_names(BlobSettings)
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [(line.split()[0].upper(), line.partition(" ")[2].strip())
+            for line in lines if line and not line.startswith("#")]  # fmt: skip
+
+
+def image_env(dockerfile: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for kind, args in instructions(dockerfile):
+        if kind == "ENV":
+            found |= dict(pair.split("=", 1) for pair in args.split())
+    return found
+
+
+def settings_load(service: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service's settings from `env` alone, as its process would build them (raises
+    SettingsError naming every bad variable)."""
+    # The container's environment, not the test's: validators look at the hub's too.
+    read = service_env(service) | {"DISTILLERY_BASE_MODEL", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"}
+    for name in [n for n in os.environ if n in read]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    load(settings_of(service))
 
 
 def exported_metrics() -> set[str]:
