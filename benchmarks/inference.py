@@ -55,9 +55,9 @@ def stories15m(directory: Path) -> Path:
     return directory
 
 
-def _client(address: str, clients: int, requests: int) -> tuple[int, float]:
-    """N threads, each streaming its requests after a warm one: completion tokens and
-    seconds."""
+def _client(address: str, clients: int, requests: int, models: list[str]) -> tuple[int, float]:
+    """N threads, each streaming its requests after a warm one, caller i asking for model
+    i mod len(models): completion tokens and seconds."""
     from pipeline.inference_api import inference_pb2 as pb
     from pipeline.inference_client import InferenceClient
 
@@ -67,7 +67,8 @@ def _client(address: str, clients: int, requests: int) -> tuple[int, float]:
 
         def stream(i: int, j: int) -> int:
             params = pb.SamplingParams(max_tokens=TOKENS)
-            request = pb.GenerateRequest(prompt=prompt(i, j), model="base", sampling=params)
+            model = models[i % len(models)]
+            request = pb.GenerateRequest(prompt=prompt(i, j), model=model, sampling=params)
             return sum(chunk.usage.completion_tokens
                        for chunk in client.stream_chunks(client.stub.GenerateStream, request)
                        if chunk.HasField("usage"))  # fmt: skip
@@ -88,17 +89,21 @@ def _client(address: str, clients: int, requests: int) -> tuple[int, float]:
         return sum(counts), time.perf_counter() - started
 
 
-def through_grpc(address: str, clients: int, requests: int) -> float:
+def through_grpc(
+    address: str, clients: int, requests: int, models: tuple[str, ...] = ("base",)
+) -> float:
     """The clients in a process of their own (`--client`), as a client would be."""
     out = subprocess.run(  # noqa: S603 - this module
         [sys.executable, "-m", "benchmarks.inference", "--client", address, str(clients),
-         str(requests)],
+         str(requests), ",".join(models)],
         capture_output=True, text=True, check=True, timeout=900,
     ).stdout.split()  # fmt: skip
     return int(out[0]) / float(out[1])
 
 
-def in_process(server: object, clients: int, requests: int) -> float:
+def in_process(
+    server: object, clients: int, requests: int, models: tuple[str, ...] = ("base",)
+) -> float:
     from services.inference.core import Sampling
     from services.inference.engine import Request
 
@@ -109,7 +114,9 @@ def in_process(server: object, clients: int, requests: int) -> float:
         for j in range(-1, requests):
             if j == 0:
                 await warm.wait()
-            request = Request(engine.encode(prompt(i, j)), None, Sampling(TOKENS))
+            model = models[i % len(models)]
+            adapter = None if model == "base" else model
+            request = Request(engine.encode(prompt(i, j)), adapter, Sampling(TOKENS))
             async for step in engine.generate(request):
                 n += len(step.token_ids) if j >= 0 else 0
         return n
@@ -175,6 +182,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--client"]:
-        print(*_client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+        print(*_client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5].split(",")))
     else:
         main()

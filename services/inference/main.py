@@ -89,8 +89,10 @@ def main() -> None:
         async def drain() -> None:
             await healthy.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
             await server.stop(grace=10)
+            # On the loop's thread: vLLM's output handler is a task of this loop, and
+            # cancelling it from another thread lets it log the engine's death first.
+            engine.close()
 
         asyncio.run_coroutine_threadsafe(drain(), loop).result()
-        engine.close()
         loop.call_soon_threadsafe(loop.stop)
         thread.join()

@@ -1,5 +1,6 @@
-"""The inference server in the test's process, on loopback: the real grpc.aio server and the
-transformers engine on an event loop thread, as main.py runs them, without the worker loop."""
+"""The inference server in the test's process, on loopback: the real grpc.aio server and an
+engine (transformers unless given) on an event loop thread, as main.py runs them, without the
+worker loop."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pipeline.inference_api import inference_pb2 as pb
 from pipeline.inference_client import InferenceClient
 from services.inference.adapters import Adapters
 from services.inference.core import BASE, Limits, Model, Models
+from services.inference.engine import Engine
 from services.inference.server import InferenceService, start
 from services.inference.transformers_engine import TransformersEngine
 
@@ -36,9 +38,10 @@ class Server:
         max_batch_size: int = 16,
         stream_interval_s: float = 0.0,
         stream_messages_per_s: float = 0.0,
+        engine: Engine | None = None,
     ) -> None:
         self.token = token
-        self.engine = TransformersEngine(base_model, max_batch_size=max_batch_size)
+        self.engine = engine or TransformersEngine(base_model, max_batch_size=max_batch_size)
         self.models = Models(Model(BASE, "base", base_model))
         self.adapters = Adapters(self.engine, self.models, blobs, work / "adapters")
         limits = limits or Limits(max_prompt_tokens=256, max_tokens=512, default_max_tokens=32)
@@ -57,8 +60,11 @@ class Server:
         return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout=120)
 
     def close(self) -> None:
-        self.run(self.server.stop(grace=1))
-        self.engine.close()
+        async def stop() -> None:
+            await self.server.stop(grace=1)
+            self.engine.close()  # on the loop's thread, as main.py does
+
+        self.run(stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 
