@@ -24,7 +24,7 @@ from pipeline.cli_common import (
     kafka_settings,
 )
 from pipeline.cli_curate import curate
-from pipeline.cli_demo import demo_environment, stages
+from pipeline.cli_demo import Summary, corpus, demo_environment, stages
 from pipeline.cli_generate import generate
 from pipeline.cli_report import report
 from pipeline.cli_scrape import scrape
@@ -277,10 +277,13 @@ def _print_record(record: object) -> None:
 def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
     """Run the pipeline on the embedded stack over a sample corpus and report every stage."""
     demo_environment()
-    up(home=home)
+    started = time.monotonic()
+    summary = Summary(run_id=f"demo-{time.strftime('%Y%m%d-%H%M%S')}", corpus=str(corpus()))
+    with summary.stage("start the stack"):
+        up(home=home)
     try:
         running = set(available_services())
-        run_id = stages(home, running)
+        stages(home, running, summary)
         table = Table("stage", "topic in", "service", "state")
         for service, topic in zip(SERVICES, topics.PIPELINE, strict=True):
             state = (
@@ -292,12 +295,17 @@ def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
         missing = [s for s in SERVICES if s not in running]
         if missing:
             console.print(
-                f"[yellow]Honest summary:[/yellow] run {run_id} went as far as the services "
-                f"built so far; not built yet: {', '.join(missing)}, so no gRPC answer from "
-                "the tuned model."
+                f"[yellow]Honest summary:[/yellow] run {summary.run_id} went as far as the "
+                f"services built so far; not built yet: {', '.join(missing)}, so no gRPC "
+                "answer from the tuned model."
             )
     finally:
         down(home=home)
+        # Written whatever happened: the stages up to a failure are what explains it.
+        summary.wall_s = round(time.monotonic() - started, 2)
+        path = home.resolve() / "summary.json"
+        path.write_text(summary.model_dump_json(indent=2) + "\n")
+        console.print(f"summary: {path}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 """The demo's stages (`distillery demo`): a sample corpus through every service built so far on
-the embedded stack, each stage waited for and reported."""
+the embedded stack, each stage waited for and reported, and a summary of them all (times and
+counts per stage) that the demo writes beside the stack's state."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+from pydantic import BaseModel
 
 from pipeline import bus, topics
 from pipeline.cli_common import blob_store, console, fail, kafka_settings, read_all
@@ -21,6 +25,7 @@ from pipeline.messages import (
     EvalResult,
     FolderSource,
     Pair,
+    ParsedChunk,
     RawDoc,
     decode,
 )
@@ -52,44 +57,97 @@ def corpus() -> Path:
     return (shared if shared.is_dir() else Path("docs")).resolve()
 
 
-def stages(home: Path, running: set[str]) -> str:
-    """Every stage whose service runs, in order; the run's id."""
-    folder = corpus()
-    console.print(f"[bold]1. scrape[/bold] the folder {folder}")
-    run_id = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    submit(FolderSource(path=str(folder)), run_id, True, "scraper", home, timeout_s=600)
+class Stage(BaseModel):
+    name: str
+    seconds: float = 0.0
+    counts: dict[str, int | float | str] = {}
+
+
+class Summary(BaseModel):
+    """What the demo did: `summary.json` in its home, for people and for tests."""
+
+    run_id: str
+    corpus: str
+    stages: list[Stage] = []
+    #: Documents the extractor refused, by file name, with the reason.
+    dead_lettered: dict[str, str] = {}
+    verdict: str | None = None
+    #: The model that answered at the end, and its answer.
+    served: str | None = None
+    answer: str | None = None
+    wall_s: float = 0.0
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[dict[str, int | float | str]]:
+        """Times a stage; its counts go in the dict given."""
+        counts: dict[str, int | float | str] = {}
+        started = time.monotonic()
+        try:
+            yield counts
+        finally:
+            self.stages.append(Stage(name=name, seconds=round(time.monotonic() - started, 2),
+                                     counts=counts))  # fmt: skip
+
+
+def stages(home: Path, running: set[str], summary: Summary) -> None:
+    """Every stage whose service runs, in order, each recorded in `summary`."""
+    folder, run_id = Path(summary.corpus), summary.run_id
     settings = kafka_settings(home.resolve())
+    with summary.stage("scrape") as counts:
+        console.print(f"[bold]1. scrape[/bold] the folder {folder}")
+        submit(FolderSource(path=str(folder)), run_id, True, "scraper", home, timeout_s=600)
+        counts["documents"] = sum(1 for r in read_all(settings, topics.RAW_DOCS)
+                                  if decode(RawDoc, r.value).run_id == run_id)  # fmt: skip
     if "extractor" in running:
-        console.print(f"[bold]2. extract[/bold] {topics.RAW_DOCS} → {topics.PARSED_TEXT}")
-        drain(settings, "extractor", topics.RAW_DOCS, timeout_s=600)
-        for dead in read_all(settings, topics.dlq(topics.RAW_DOCS)):
-            record = decode(DlqRecord, dead.value)
-            doc = decode(RawDoc, record.original_value())
-            name = doc.source.url.rsplit("/", 1)[-1]
-            console.print(f"  dead-lettered {name}: {record.reason}", soft_wrap=True)
+        with summary.stage("extract") as counts:
+            console.print(f"[bold]2. extract[/bold] {topics.RAW_DOCS} → {topics.PARSED_TEXT}")
+            drain(settings, "extractor", topics.RAW_DOCS, timeout_s=600)
+            for dead in read_all(settings, topics.dlq(topics.RAW_DOCS)):
+                record = decode(DlqRecord, dead.value)
+                doc = decode(RawDoc, record.original_value())
+                if doc.run_id == run_id:
+                    name = doc.source.url.rsplit("/", 1)[-1]
+                    summary.dead_lettered[name] = record.reason
+                    console.print(f"  dead-lettered {name}: {record.reason}", soft_wrap=True)
+            counts["chunks"] = sum(1 for r in read_all(settings, topics.PARSED_TEXT)
+                                   if decode(ParsedChunk, r.value).run_id == run_id)  # fmt: skip
+            counts["dead_lettered"] = len(summary.dead_lettered)
     if "synthesizer" in running:
-        console.print(
-            f"[bold]3. synthesize[/bold] {topics.PARSED_TEXT} → {topics.PAIRS} "
-            "(reading-comprehension: tasks mined from the text, no LLM)"
-        )
-        drain(settings, "synthesizer", topics.PARSED_TEXT, timeout_s=600)
-        pairs = [decode(Pair, r.value) for r in read_all(settings, topics.PAIRS)]
-        tasks = Counter(p.task for p in pairs)
-        console.print(
-            f"  {len(pairs)} pairs: " + ", ".join(f"{t} {n}" for t, n in tasks.most_common())
-        )
-        if pairs:
-            sample = pairs[len(pairs) // 2]
+        with summary.stage("synthesize") as counts:
             console.print(
-                f"  e.g. [{sample.task}] {sample.instruction} → {sample.output}", soft_wrap=True
+                f"[bold]3. synthesize[/bold] {topics.PARSED_TEXT} → {topics.PAIRS} "
+                "(reading-comprehension: tasks mined from the text, no LLM)"
             )
+            drain(settings, "synthesizer", topics.PARSED_TEXT, timeout_s=600)
+            pairs = [p for p in (decode(Pair, r.value) for r in read_all(settings, topics.PAIRS))
+                     if p.run_id == run_id]  # fmt: skip
+            tasks = Counter(p.task for p in pairs)
+            console.print(
+                f"  {len(pairs)} pairs: " + ", ".join(f"{t} {n}" for t, n in tasks.most_common())
+            )
+            if pairs:
+                sample = pairs[len(pairs) // 2]
+                console.print(
+                    f"  e.g. [{sample.task}] {sample.instruction} → {sample.output}",
+                    soft_wrap=True,
+                )
+            counts["pairs"] = len(pairs)
     if "trainer" in running:
-        checkpoint = train(run_id, home, settings)
+        with summary.stage("train") as counts:
+            checkpoint = train(run_id, home, settings)
+            metrics = checkpoint.metrics
+            counts |= {"train_pairs": checkpoint.dataset.train_n,
+                       "eval_pairs": checkpoint.dataset.eval_n, "steps": int(metrics["steps"]),
+                       "eval_loss_before": round(metrics["eval_loss_before"], 4),
+                       "eval_loss_after": round(metrics["eval_loss_after"], 4)}  # fmt: skip
         if "evaluator" in running:
-            result = evaluate(checkpoint, home, settings)
+            with summary.stage("evaluate") as counts:
+                result = evaluate(checkpoint, home, settings)
+                summary.verdict = counts["verdict"] = result.verdict
             if "inference" in running:
-                serve(result, home)
-    return run_id
+                with summary.stage("serve") as counts:
+                    summary.served, summary.answer = serve(result, home)
+                    counts["answer_chars"] = len(summary.answer)
 
 
 def train(run_id: str, home: Path, settings: KafkaSettings) -> Checkpoint:
@@ -145,9 +203,10 @@ def evaluate(checkpoint: Checkpoint, home: Path, settings: KafkaSettings) -> Eva
     return mine[-1]
 
 
-def serve(result: EvalResult, home: Path) -> None:
+def serve(result: EvalResult, home: Path) -> tuple[str, str]:
     """Stage 6: the inference service loads a promoted adapter as `latest`; a streamed
-    answer to a held-out question over gRPC, from the tuned model (or the base, if rejected)."""
+    answer to a held-out question over gRPC, from the tuned model (or the base, if rejected).
+    The model that answered, and its answer."""
     from pipeline.cli_generate import embedded_address
     from services.evaluator.evaluation import stored_report
 
@@ -173,9 +232,12 @@ def serve(result: EvalResult, home: Path) -> None:
         question = examples[0].prompt if examples else "question: What is LoRA? answer:"
         console.print(f"  latest = {wanted}; asked: {question}", soft_wrap=True)
         console.print("  answer: ", end="")
+        answer = []
         for piece in client.stream(question, max_tokens=48, stop=["\n\n"]):
             console.print(piece, end="", soft_wrap=True, highlight=False, markup=False)
+            answer.append(piece)
         console.print()
+    return wanted, "".join(answer)
 
 
 def drain(settings: KafkaSettings, group: str, topic: str, timeout_s: float) -> None:
