@@ -37,15 +37,29 @@ KUBERNETES_VERSION = "1.30.0"
 CUSTOM = {"kafka.strimzi.io", "keda.sh"}
 
 
-@cache
-def built(overlay: str) -> str:
+def kustomize(directory: Path) -> str:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.fail("kubectl is needed to build the overlays (`kubectl kustomize`); install it")
-    result = subprocess.run([kubectl, "kustomize", str(REPO_ROOT / "k8s" / "overlays" / overlay)],  # noqa: S603
-                            capture_output=True, text=True, check=False)  # fmt: skip
+    result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True,  # noqa: S603
+                            text=True, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def assert_valid(manifest: str, scratch: Path) -> None:
+    """`kubernetes-validate --strict` passes on `manifest` (custom resources it skips)."""
+    path = scratch / "manifest.yaml"
+    path.write_text(manifest)
+    validate = Path(sys.executable).parent / "kubernetes-validate"
+    result = subprocess.run([str(validate), "--strict", "-k", KUBERNETES_VERSION, str(path)],  # noqa: S603
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@cache
+def built(overlay: str) -> str:
+    return kustomize(REPO_ROOT / "k8s" / "overlays" / overlay)
 
 
 def resources(overlay: str) -> list[dict[str, Any]]:
@@ -71,12 +85,7 @@ def test_there_are_the_two_overlays() -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_overlay_passes_kubernetes_validate_strict(overlay: str, tmp_path: Path) -> None:
-    manifest = tmp_path / f"{overlay}.yaml"
-    manifest.write_text(built(overlay))
-    validate = Path(sys.executable).parent / "kubernetes-validate"
-    result = subprocess.run([str(validate), "--strict", "-k", KUBERNETES_VERSION, str(manifest)],  # noqa: S603
-                            capture_output=True, text=True, check=False)  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_valid(built(overlay), tmp_path)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -261,19 +270,10 @@ def test_each_component_builds_on_an_overlay_and_validates(component: str, tmp_p
         "resources": [os.path.relpath(REPO_ROOT / "k8s" / "overlays" / "dev", overlay)],
         "components": [os.path.relpath(REPO_ROOT / "k8s" / "components" / component, overlay)],
     }))  # fmt: skip
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl is needed to build the overlays"
-    out = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True,  # noqa: S603
-                         text=True, check=False)  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    manifest = tmp_path / "out.yaml"
-    manifest.write_text(out.stdout)
-    validate = Path(sys.executable).parent / "kubernetes-validate"
-    checked = subprocess.run([str(validate), "--strict", "-k", KUBERNETES_VERSION, str(manifest)],  # noqa: S603
-                             capture_output=True, text=True, check=False)  # fmt: skip
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    kinds = {r["kind"] for r in yaml.safe_load_all(out.stdout) if r}
-    groups = {r["apiVersion"].split("/")[0] for r in yaml.safe_load_all(out.stdout) if r}
+    manifest = kustomize(overlay)
+    assert_valid(manifest, tmp_path)
+    kinds = {r["kind"] for r in yaml.safe_load_all(manifest) if r}
+    groups = {r["apiVersion"].split("/")[0] for r in yaml.safe_load_all(manifest) if r}
     if component == "hpa-fallback":  # one autoscaler for the synthesizer, not two
         assert "HorizontalPodAutoscaler" in kinds and "ScaledObject" not in kinds
     else:
