@@ -13,6 +13,7 @@ help: ## Show this list
 install: $(STAMP) ## Create .venv and install the project with its dev tools
 $(STAMP): pyproject.toml
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || $(MAKE) system-deps
+	@command -v kubectl >/dev/null || echo "warning: kubectl is not on the PATH; tests/deploy/test_k8s.py builds the overlays with it and will fail"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first, from local disk: otherwise a dependency pulls a CUDA build.
