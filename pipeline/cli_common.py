@@ -26,9 +26,17 @@ HomeOption = Annotated[
 DEFAULT_HOME = Path(".distillery")
 
 
-def fail(message: str) -> typer.Exit:
+class Failure(typer.Exit):
+    """A command's failure, said on stderr, its message kept (a run's summary records it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(1)
+        self.message = message
+
+
+def fail(message: str) -> Failure:
     err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(1)
+    return Failure(message)
 
 
 def kafka_settings(home: Path) -> KafkaSettings:
@@ -58,6 +66,8 @@ def read_all(settings: KafkaSettings, topic: str) -> list[ConsumerRecord]:
         }
     finally:
         probe.close()
+    if not ends:
+        return []
     reader = bus.consumer(settings, group_id=None)
     try:
         reader.assign(list(ends))

@@ -125,8 +125,12 @@ def load(cls: type[S]) -> S:
 
 
 def _describe(cls: type[BaseSettings], exc: ValidationError) -> list[str]:
-    prefix = str(cls.model_config.get("env_prefix", ""))
-    return [
-        f"  {prefix}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-        for err in exc.errors(include_url=False)
-    ]
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = "_".join(str(p) for p in err["loc"])
+        # A field read through an alias is located by the alias, already a variable's name;
+        # a check of several fields together has no location: the class names it.
+        name = loc if loc.isupper() else prefix + loc.upper() if loc else cls.__name__
+        lines.append(f"  {name}: {err['msg'].removeprefix('Value error, ')}")
+    return lines
