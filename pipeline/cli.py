@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -12,10 +13,11 @@ from typing import Annotated
 
 import typer
 from kafka.errors import KafkaError
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pipeline import bus, topics
+from pipeline import bus, monitor, topics
 from pipeline.cli_common import (
     DEFAULT_HOME,
     HomeOption,
@@ -24,9 +26,10 @@ from pipeline.cli_common import (
     kafka_settings,
 )
 from pipeline.cli_curate import curate
-from pipeline.cli_demo import Summary, corpus, demo_environment, stages
+from pipeline.cli_demo import demo
 from pipeline.cli_generate import generate
 from pipeline.cli_report import report
+from pipeline.cli_run import attach, load_summary, run
 from pipeline.cli_scrape import scrape
 from pipeline.cli_train import train
 from pipeline.embedded import (
@@ -37,6 +40,7 @@ from pipeline.embedded import (
     available_services,
     pid_alive,
 )
+from pipeline.settings import KafkaSettings
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(scrape, name="scrape")
@@ -44,6 +48,8 @@ app.command()(curate)
 app.command()(train)
 app.command()(report)
 app.command()(generate)
+app.command()(run)
+app.command()(demo)
 
 
 def _parse_replicas(values: list[str]) -> dict[str, int]:
@@ -132,12 +138,31 @@ def down(home: HomeOption = DEFAULT_HOME) -> None:
 
 
 @app.command()
-def status(home: HomeOption = DEFAULT_HOME) -> None:
-    """Where the broker is and which service processes are alive."""
-    state = StackState.load(home.resolve())
+def status(
+    run_id: Annotated[
+        str | None, typer.Argument(metavar="[RUN]", help="Follow this run (`distillery run`).")
+    ] = None,
+    home: HomeOption = DEFAULT_HOME,
+) -> None:
+    """Where the broker is, which service processes are alive and the runs here; with RUN,
+    follow that run live (again) until it ends."""
+    home = home.resolve()
+    if run_id is not None:
+        attach(home, run_id)
+        return
+    state = StackState.load(home)
     if state is None or not pid_alive(state.supervisor_pid):
         raise fail("no stack is running here (`distillery up` starts one)")
     _print_status(state)
+    runs = Table("run", "state", "stage", "verdict", "seconds")
+    for folder in sorted((home / "runs").glob("*/")):
+        summary = load_summary(home, folder.name)
+        if summary is not None:
+            stage = summary.stages[-1].name if summary.stages else "-"
+            runs.add_row(summary.run_id, summary.state, stage, summary.verdict or "-",
+                         f"{summary.wall_s:.0f}")  # fmt: skip
+    if runs.rows:
+        console.print(runs)
 
 
 def _print_status(state: StackState) -> None:
@@ -172,26 +197,55 @@ def topics_(
     replication: Annotated[
         int, typer.Option(min=1, help="Replication factor of the topics --create makes.")
     ] = 1,
+    watch: Annotated[
+        bool, typer.Option(help="Redraw the stages every second (Ctrl-C ends).")
+    ] = False,
 ) -> None:  # fmt: skip
-    """Messages per topic, DLQ counts, and each consumer group's committed offsets and lag."""
-    settings = kafka_settings(home.resolve())
+    """Every stage: messages in, handled and out, rate, lag, dead letters, retries and the
+    service's own figures; then each topic and each consumer group's committed offsets."""
+    home = home.resolve()
+    settings = kafka_settings(home)
     if create:
         try:
             made = bus.ensure_topics(settings, topics.all_topics(), replication)
         except KafkaError as exc:
             raise fail(f"cannot create topics on {settings.bootstrap_servers}: {exc}") from None
         console.print(f"created {', '.join(made)}" if made else "every topic exists already")
+    # The metrics endpoints are the embedded stack's; a deployed stack's are Prometheus's.
+    urls = {} if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else monitor.endpoints(
+        StackState.load(home))  # fmt: skip
     try:
-        reader = bus.consumer(settings, group_id=None)
-        try:
-            names = sorted(reader.topics())
-            tps = [tp for name in names for tp in bus.partitions_of(reader, name)]
-            ends = bus.end_offsets(reader, tps)
-        finally:
-            reader.close()
-        lags = bus.group_lags(settings)
+        if watch:
+            _watch(settings, urls)
+            return
+        console.print(monitor.table(monitor.observe(settings, urls)))
+        _print_topics(settings)
     except KafkaError as exc:
         raise fail(f"cannot read {settings.bootstrap_servers}: {exc}") from None
+
+
+def _watch(settings: KafkaSettings, urls: dict[str, list[str]]) -> None:
+    before = None
+    try:
+        with Live(console=console, refresh_per_second=2) as live:
+            while True:
+                now = monitor.observe(settings, urls)
+                live.update(monitor.table(now, before))
+                before = now
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+
+
+def _print_topics(settings: KafkaSettings) -> None:
+    reader = bus.consumer(settings, group_id=None)
+    try:
+        names = sorted(reader.topics())
+        tps = [tp for name in names for tp in bus.partitions_of(reader, name)]
+        ends = bus.end_offsets(reader, tps)
+    finally:
+        reader.close()
+    lags = bus.group_lags(settings)
     ordered = [t for t in topics.PIPELINE if t in names] + [
         t for t in names if t not in topics.PIPELINE and not t.endswith(topics.DLQ_SUFFIX)
     ]
@@ -220,22 +274,32 @@ def topics_(
 
 @app.command()
 def tail(
-    topic: str,
+    topic: Annotated[
+        str | None, typer.Argument(help="A topic, whole messages; none: every stage's topic "
+                                   "and DLQ, a line per message.")] = None,
     home: HomeOption = DEFAULT_HOME,
     last: Annotated[
         int, typer.Option("-n", "--last", help="Start this many back per partition.")
     ] = 10,
     from_beginning: Annotated[bool, typer.Option("--from-beginning", "-b")] = False,
     follow: Annotated[bool, typer.Option(help="Keep printing new messages.")] = True,
-) -> None:
-    """Pretty-print a topic's messages, then follow it (Ctrl-C to stop)."""
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run's messages.")] = None,
+) -> None:  # fmt: skip
+    """Print a topic's messages (or every stage's, a line each), then follow (Ctrl-C stops)."""
     settings = kafka_settings(home.resolve())
+    names = [topic] if topic else list(topics.all_topics())
+    # Ends from a client of their own, as in read_all: the embedded broker serves a client
+    # that goes on to read the partitions it probed from few of them.
+    probe = bus.consumer(settings, group_id=None)
+    try:
+        tps = [tp for name in names for tp in bus.partitions_of(probe, name)]
+        ends = bus.end_offsets(probe, tps) if tps else {}
+    finally:
+        probe.close()
+    if not tps:
+        raise fail(f"no topic {topic!r}; `distillery topics` lists them")
     reader = bus.consumer(settings, group_id=None)
     try:
-        tps = bus.partitions_of(reader, topic)
-        if not tps:
-            raise fail(f"no topic {topic!r}; `distillery topics` lists them")
-        ends = bus.end_offsets(reader, tps)
         reader.assign(tps)
         for tp in tps:
             reader.seek(tp, 0 if from_beginning else max(0, ends[tp] - last))
@@ -244,12 +308,51 @@ def tail(
             batch = reader.poll(timeout_ms=500)
             for records in batch.values():
                 for record in records:
-                    _print_record(record)
+                    if run_id is None or _run_of(record.value) == run_id:
+                        (_print_record if topic else _print_line)(record)
                 idle_since = time.monotonic()
     except KeyboardInterrupt:
         pass
     finally:
         reader.close()
+
+
+def _run_of(value: bytes | None) -> str | None:
+    """The run a message belongs to (a dead letter's: its original's)."""
+    try:
+        message = json.loads(value or b"")
+        if message.get("schema", "").startswith("dlq/"):
+            message = json.loads(base64.b64decode(message.get("value_b64") or b""))
+        run = message.get("run_id")
+    except (ValueError, AttributeError):
+        return None
+    return run if isinstance(run, str) else None
+
+
+#: What one line shows of each kind of message.
+_BRIEF = {
+    "source-request": lambda m: f"{m['run_id']}: {m['source'].get('kind')} "
+                                + json.dumps({k: v for k, v in m["source"].items() if k != "kind"}),
+    "raw-doc": lambda m: f"{m['doc_id'][:12]} {m['content_type']} {m['size']:,} B "
+                         f"{m['source'].get('title') or m['source']['url']}",
+    "chunk": lambda m: f"{m['chunk_id'][:12]}…:{m['index']}/{m['total']} "
+                              f"{m['n_tokens']} tokens: {m['text'][:80]!r}",
+    "pair": lambda m: f"[{m['task']}] {m['instruction'][:70]!r} → {m['output'][:50]!r}",
+    "checkpoint": lambda m: f"{m['checkpoint_id']} {m['method']} on {m['base_model']}, "
+                            f"dataset {m['dataset']['id']} ({m['dataset']['train_n']} train)",
+    "eval-result": lambda m: f"{m['checkpoint_id']} {m['verdict']}: {m['reason'][:100]}",
+    "dlq": lambda m: f"{m['reason']} from {m['service']}: {m['error'][:100]}",
+}  # fmt: skip
+
+
+def _print_line(record: object) -> None:
+    head = f"[dim]{record.topic}[{record.partition}]@{record.offset}[/dim]"  # type: ignore[attr-defined]
+    try:
+        message = json.loads(record.value)  # type: ignore[attr-defined]
+        line = _BRIEF[message["schema"].split("/")[0]](message)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        line = repr(record.value[:120])  # type: ignore[attr-defined]
+    console.print(head, Text(line), highlight=False, no_wrap=True, overflow="ellipsis")
 
 
 def _print_record(record: object) -> None:
@@ -271,41 +374,6 @@ def _print_record(record: object) -> None:
             console.print(line, highlight=False)
     else:
         console.print(head, value)
-
-
-@app.command()
-def demo(home: HomeOption = DEFAULT_HOME / "demo") -> None:
-    """Run the pipeline on the embedded stack over a sample corpus and report every stage."""
-    demo_environment()
-    started = time.monotonic()
-    summary = Summary(run_id=f"demo-{time.strftime('%Y%m%d-%H%M%S')}", corpus=str(corpus()))
-    with summary.stage("start the stack"):
-        up(home=home)
-    try:
-        running = set(available_services())
-        stages(home, running, summary)
-        table = Table("stage", "topic in", "service", "state")
-        for service, topic in zip(SERVICES, topics.PIPELINE, strict=True):
-            state = (
-                "[green]running[/green]" if service in running else "[yellow]not built yet[/yellow]"
-            )
-            table.add_row(str(SERVICES.index(service) + 1), topic, service, state)
-        console.print(table)
-        topics_(home=home)
-        missing = [s for s in SERVICES if s not in running]
-        if missing:
-            console.print(
-                f"[yellow]Honest summary:[/yellow] run {summary.run_id} went as far as the "
-                f"services built so far; not built yet: {', '.join(missing)}, so no gRPC "
-                "answer from the tuned model."
-            )
-    finally:
-        down(home=home)
-        # Written whatever happened: the stages up to a failure are what explains it.
-        summary.wall_s = round(time.monotonic() - started, 2)
-        path = home.resolve() / "summary.json"
-        path.write_text(summary.model_dump_json(indent=2) + "\n")
-        console.print(f"summary: {path}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from pipeline import bus, topics
-from pipeline.embedded import Broker, pid_alive
-from pipeline.messages import FolderSource, SourceRequest, encode
+from pipeline.cli_common import read_all
+from pipeline.embedded import SERVICES, Broker, pid_alive
+from pipeline.messages import DlqRecord, FolderSource, SourceRequest, decode, encode
 from pipeline.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
@@ -350,3 +352,86 @@ def test_topics_create_sets_up_a_bare_cluster(tmp_path):
             reader.close()
         again = run("--create")
         assert again.returncode == 0 and "every topic exists already" in again.stdout
+
+
+def test_topics_shows_every_stage_with_its_services_own_figures(stack):
+    request = SourceRequest(run_id="stages", source=FolderSource(path="/nowhere"))
+    send(stack.kafka, topics.SOURCES, [encode(request)])
+    # This stack gives the evaluator and inference no model and no ARC: they exit at start-up,
+    # so their metrics never answer. The others' do once they have started.
+    running = ["scraper", "extractor", "synthesizer", "trainer"]
+    deadline = time.monotonic() + 90
+    while True:
+        result = cli(stack.home, "topics")
+        assert result.returncode == 0, result.stderr
+        # stage -> [in, handled, out, rate, lag, dlq, retries, the service's own figures]
+        stages = rows(result.stdout, 9)
+        if all(stages[s][6] != "-" for s in running) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert [s for s in stages if s in SERVICES] == list(SERVICES)
+    scraper = stages["scraper"]
+    assert scraper[0] == topic_rows(result.stdout)[topics.SOURCES][1]  # in: what sources holds
+    assert int(scraper[1]) <= int(scraper[0])  # handled
+    assert scraper[2] == topic_rows(result.stdout)[topics.RAW_DOCS][1]  # out: raw-docs
+    retries = {s: stages[s][6] for s in SERVICES}  # from the metrics; a dash without them
+    assert retries == {"scraper": "0", "extractor": "0", "synthesizer": "0", "trainer": "0",
+                       "evaluator": "-", "inference": "-"}  # fmt: skip
+    assert "MB downloaded" in scraper[7] and "pairs stored" in stages["trainer"][7]
+
+
+def test_tail_without_a_topic_follows_every_stage_a_line_per_message(stack):
+    run = f"tail-{uuid.uuid4().hex[:6]}"
+    send(stack.kafka, topics.SOURCES,
+         [encode(SourceRequest(run_id=run, source=FolderSource(path="/nowhere")))])  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(
+        decode(SourceRequest, decode(DlqRecord, r.value).original_value()).run_id == run
+        for r in read_all(stack.kafka, topics.dlq(topics.SOURCES))
+    ):
+        assert time.monotonic() < deadline, "the scraper did not dead-letter the request"
+        time.sleep(0.5)
+    tail = cli(stack.home, "tail", "--run", run, "--from-beginning", "--no-follow")
+    assert tail.returncode == 0, tail.stderr
+    lines = [line for line in tail.stdout.splitlines() if line.strip()]
+    assert len(lines) == 2, tail.stdout  # the request, and its dead letter: nothing else
+    assert lines[0].startswith("sources[0]@") and f'{run}: folder {{"path": "/nowhere"' in lines[0]
+    assert lines[1].startswith("sources.dlq[0]@") and " from scraper: " in lines[1]
+
+
+def test_run_refuses_a_bad_file_before_starting_anything(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("base_model: m\nsources: [{kind: folder, path: .}]\n"
+                      "synthesizer: {temprature: 0.2}\n")  # fmt: skip
+    result = cli(tmp_path / "home", "run", str(config))
+    assert result.returncode == 1
+    assert (
+        "synthesizer.temprature: synthesizer has no such setting; did you mean 'temperature'?"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "home").exists()  # nothing started
+
+
+def test_run_prints_a_section_as_env_lines_for_a_deployment(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("base_model: m\nsources: [{kind: folder, path: .}]\n"
+                      "trainer: {eval_fraction: 0.2}\n")  # fmt: skip
+    result = cli(tmp_path / "home", "run", str(config), "--env", "trainer")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "TRAINER_EVAL_FRACTION=0.2\nDISTILLERY_BASE_MODEL=m\n"
+
+
+def test_run_on_a_stack_started_with_other_settings_is_refused(stack, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("base_model: m\nsources: [{kind: folder, path: .}]\n"
+                      "extractor: {chunk_tokens: 128}\nevaluator: {arc_tasks: []}\n")  # fmt: skip
+    result = cli(stack.home, "run", str(config))
+    assert result.returncode == 1
+    assert "was started with other settings than this file's" in result.stderr
+    assert not (stack.home / "runs" / "run").exists()
+
+
+def test_status_of_an_unknown_run_says_so(stack):
+    result = cli(stack.home, "status", "nosuch")
+    assert result.returncode == 1
+    assert f"no run 'nosuch' in {stack.home.resolve()}" in result.stderr
