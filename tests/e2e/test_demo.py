@@ -7,32 +7,21 @@ the promoted adapter over gRPC."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from pipeline.cli_demo import Summary
 from pipeline.embedded import SERVICES
-from tests.support.service_rig import REPO_ROOT
+from tests.e2e.conftest import Demo
 
 pytestmark = pytest.mark.e2e
 
 
 def test_the_demo_takes_the_shared_papers_to_a_served_adapter(
-    test_data: Path, tmp_path: Path
+    test_data: Path, demo_run: Demo
 ) -> None:
-    home = tmp_path / "demo"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("KAFKA_", "BLOB_", "EVALUATOR_", "DISTILLERY_BASE"))}  # fmt: skip
-    env |= {"DISTILLERY_TEST_DATA": str(test_data), "COLUMNS": "200"}
-    demo = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--home", str(home)],  # noqa: S603
-                          env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500,
-                          check=False)  # fmt: skip
-    assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
-    summary = Summary.model_validate_json((home / "summary.json").read_text())
+    home, summary = demo_run.home, demo_run.summary
+    assert summary.state == "done"
     stage = {s.name: s.counts for s in summary.stages}
     assert list(stage) == ["start the stack", "scrape", "extract", "synthesize", "train",
                            "evaluate", "serve"]  # fmt: skip
@@ -41,6 +30,8 @@ def test_the_demo_takes_the_shared_papers_to_a_served_adapter(
 
     pdfs = sorted((test_data / "data" / "pdfs").glob("*.pdf"))
     assert stage["scrape"]["documents"] == len(pdfs) == 13
+    # Nothing was delivered twice in a run that nothing disturbed.
+    assert not any(v for c in stage.values() for k, v in c.items() if k.endswith("_replayed"))
     assert summary.dead_lettered == {
         "rumelhart1986_backprop_scanned.pdf": "no_text_layer",
         "encrypted_libreoffice_writer_password.pdf": "encrypted_no_password",
@@ -57,6 +48,7 @@ def test_the_demo_takes_the_shared_papers_to_a_served_adapter(
     )
     assert int(train["eval_pairs"]) > 0 and int(train["steps"]) > 0
     assert float(train["eval_loss_after"]) < float(train["eval_loss_before"])
+    assert summary.dataset is not None and summary.dataset.train_n == train["train_pairs"]
     assert summary.verdict == stage["evaluate"]["verdict"] == "promote"
     assert summary.served is not None and summary.served.startswith("ckpt-")
     assert summary.answer and stage["serve"]["answer_chars"] == len(summary.answer)
