@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline.runconfig import service_variables
 from tests.support.deploy import (
     METRICS_PORT,
     REPO_ROOT,
@@ -21,7 +22,6 @@ from tests.support.deploy import (
     image_env,
     promql_metrics,
     required_env,
-    service_env,
     settings_load,
 )
 
@@ -83,8 +83,8 @@ def test_each_services_settings_load_from_what_its_container_is_given(
 def test_each_service_gets_only_variables_it_reads_and_all_it_needs(name: str) -> None:
     service = RUNS[name]
     env = {k: value(v) for k, v in SERVICES_IN_COMPOSE[name]["environment"].items()}
-    assert set(env) <= service_env(service), (
-        f"{name} reads none of {set(env) - service_env(service)}"
+    assert set(env) <= service_variables(service), (
+        f"{name} reads none of {set(env) - service_variables(service)}"
     )
     for needed in required_env(service):
         assert needed & set(env), f"{name} cannot start without one of {needed}"

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.runconfig import service_variables, settings_class
 from tests.support.deploy import (
     METRICS_PORT,
     REPO_ROOT,
     SERVICES,
     image_env,
     instructions,
-    service_env,
-    settings_of,
 )
 
 pytestmark = pytest.mark.deploy
@@ -67,11 +66,11 @@ def test_each_image_runs_its_service_as_ci_installs_it(dockerfile: Path) -> None
     assert env[f"{service.upper()}_METRICS_PORT"] == str(METRICS_PORT)
     (check,) = [args for kind, args in steps if kind == "HEALTHCHECK"]
     if service == "inference":  # the gRPC health service, on the port it serves
-        probe = f'"grpc", "{settings_of(service).model_fields["port"].default}"'
+        probe = f'"grpc", "{settings_class(service).model_fields["port"].default}"'
     else:
         probe = f'"metrics", "{METRICS_PORT}"'
     assert check.endswith(f'"pipeline.healthcheck", {probe}]')
-    assert set(env) - LIBRARY_ENV <= service_env(service)
+    assert set(env) - LIBRARY_ENV <= service_variables(service)
 
 
 def test_the_build_context_leaves_out_what_images_never_copy() -> None:

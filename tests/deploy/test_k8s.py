@@ -19,15 +19,14 @@ import pytest
 import yaml
 
 from pipeline import topics
+from pipeline.runconfig import service_variables, settings_class
 from tests.support.deploy import (
     METRICS_PORT,
     REPO_ROOT,
     SERVICES,
     image_env,
     required_env,
-    service_env,
     settings_load,
-    settings_of,
 )
 
 pytestmark = pytest.mark.deploy
@@ -151,8 +150,8 @@ def test_each_service_gets_only_variables_it_reads_and_all_it_needs(overlay: str
         seen.add(service)
         env = env_of(overlay, container)
         own = set(env_of(overlay, container, shared=False))
-        assert own <= service_env(service), (
-            f"{name} never reads {sorted(own - service_env(service))}")  # fmt: skip
+        assert own <= service_variables(service), (
+            f"{name} never reads {sorted(own - service_variables(service))}")  # fmt: skip
         for needed in required_env(service):
             assert needed & set(env), f"{name} cannot start without one of {needed}"
         assert env[f"{service.upper()}_METRICS_PORT"] == str(METRICS_PORT)
@@ -161,7 +160,7 @@ def test_each_service_gets_only_variables_it_reads_and_all_it_needs(overlay: str
     assert seen == set(SERVICES)
     # The shared settings: each read by some service, and every service takes them.
     (shared,) = [m for m in of_kind(overlay, "ConfigMap") if m["metadata"]["name"] == SHARED_CONFIG]
-    assert set(shared["data"]) <= set().union(*map(service_env, SERVICES))
+    assert set(shared["data"]) <= set().union(*map(service_variables, SERVICES))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -204,7 +203,7 @@ def test_kafka_is_where_the_services_look_for_it(overlay: str) -> None:
             assert env_of(overlay, container)["KAFKA_BOOTSTRAP_SERVERS"] == bootstrap
     (scaler,) = of_kind(overlay, "ScaledObject")
     (trigger,) = scaler["spec"]["triggers"]
-    synthesizer = settings_of("synthesizer").model_fields
+    synthesizer = settings_class("synthesizer").model_fields
     assert trigger["type"] == "kafka"
     # Fully qualified: KEDA's operator asks from a namespace of its own.
     namespace = kafka["metadata"]["namespace"]
@@ -220,7 +219,9 @@ def test_kafka_is_where_the_services_look_for_it(overlay: str) -> None:
 def test_inference_is_probed_and_served_on_its_grpc_port(overlay: str) -> None:
     (container,) = [c for _, _, c in containers(overlay) if service_of(c) == "inference"]
     env = env_of(overlay, container)
-    port = int(env.get("INFERENCE_PORT") or settings_of("inference").model_fields["port"].default)
+    port = int(
+        env.get("INFERENCE_PORT") or settings_class("inference").model_fields["port"].default
+    )
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["grpc"] == port
     for probe in ("readinessProbe", "livenessProbe"):

@@ -12,40 +12,20 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import AliasChoices
-from pydantic_settings import BaseSettings
 
 from pipeline.metrics import WorkerMetrics
-from pipeline.settings import BlobSettings, KafkaSettings, ServiceSettings, load
+from pipeline.runconfig import service_variables, settings_class
+from pipeline.settings import BlobSettings, KafkaSettings, load
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("scraper", "extractor", "synthesizer", "trainer", "evaluator", "inference")
 METRICS_PORT = 9100
 
 
-def settings_of(service: str) -> type[ServiceSettings]:
-    module = importlib.import_module(f"services.{service}.config")
-    (cls,) = [v for v in vars(module).values() if inspect.isclass(v)
-              and issubclass(v, ServiceSettings) and v.__module__ == module.__name__]  # fmt: skip
-    return cls
-
-
-def env_names(cls: type[BaseSettings]) -> set[str]:
-    """The variables a settings class reads."""
-    prefix = str(cls.model_config.get("env_prefix", "")).upper()
-    out: set[str] = set()
-    for name, field in cls.model_fields.items():
-        if name in ("kafka", "blobs"):
-            continue
-        alias = field.validation_alias
-        out |= ({str(c) for c in alias.choices} if isinstance(alias, AliasChoices)
-                else {prefix + name.upper()})  # fmt: skip
-    return out
-
-
 def required_env(service: str) -> list[set[str]]:
     """The variables a service cannot start without: one of each set (aliases)."""
     out = []
-    for cls in (settings_of(service), KafkaSettings, BlobSettings):
+    for cls in (settings_class(service), KafkaSettings, BlobSettings):
         prefix = str(cls.model_config.get("env_prefix", "")).upper()
         for name, field in cls.model_fields.items():
             if field.is_required() and name not in ("kafka", "blobs"):
@@ -53,11 +33,6 @@ def required_env(service: str) -> list[set[str]]:
                 out.append({str(c) for c in alias.choices} if isinstance(alias, AliasChoices)
                            else {prefix + name.upper()})  # fmt: skip
     return out
-
-
-def service_env(service: str) -> set[str]:
-    """Everything a service's process reads: its own variables, Kafka's and the blob store's."""
-    return env_names(settings_of(service)) | env_names(KafkaSettings) | env_names(BlobSettings)
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -80,12 +55,16 @@ def settings_load(service: str, env: dict[str, str], monkeypatch: pytest.MonkeyP
     """The service's settings from `env` alone, as its process would build them (raises
     SettingsError naming every bad variable)."""
     # The container's environment, not the test's: validators look at the hub's too.
-    read = service_env(service) | {"DISTILLERY_BASE_MODEL", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"}
+    read = service_variables(service) | {
+        "DISTILLERY_BASE_MODEL",
+        "HF_HUB_OFFLINE",
+        "HF_DATASETS_OFFLINE",
+    }
     for name in [n for n in os.environ if n in read]:
         monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    load(settings_of(service))
+    load(settings_class(service))
 
 
 def exported_metrics() -> set[str]:
