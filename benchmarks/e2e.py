@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.cli_demo import Summary
+from pipeline.cli_stages import Summary
 
 TARGET_S = 600
 
