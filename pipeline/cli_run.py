@@ -25,7 +25,7 @@ from pipeline.cli_common import DEFAULT_HOME, Failure, HomeOption, console, fail
 from pipeline.cli_stages import Recorder, Summary, describe_source, drive
 from pipeline.embedded import SERVICES, StackState, pid_alive
 from pipeline.messages import FolderSource
-from pipeline.runconfig import RunConfig, RunConfigError, env_file, load_run_config
+from pipeline.runconfig import RUN_ID, RunConfig, RunConfigError, env_file, load_run_config
 
 #: Seconds over which the live view averages each stage's rate.
 RATE_WINDOW_S = 5.0
@@ -40,6 +40,9 @@ def run(
         str | None,
         typer.Option(metavar="SERVICE", help="Print a service's settings from the file as "
                      "NAME=value lines (a deployment's .env or ConfigMap) and exit."),
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="The run's id, instead of the file's (or its name).")
     ] = None,
     driver: Annotated[bool, typer.Option("--driver", hidden=True)] = False,
     home: HomeOption = DEFAULT_HOME,
@@ -56,7 +59,9 @@ def run(
             raise fail(f"--env wants one of {', '.join(SERVICES)}; got {env!r}")
         sys.stdout.write(env_file(config, env))
         return
-    run_id = config.run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    if run_id is not None and not RUN_ID.fullmatch(run_id):
+        raise fail(f"--run-id {run_id!r}: letters, digits, '.', '_' and '-' (up to 128)")
+    run_id = run_id or config.run_id or f"run-{time.strftime('%Y%m%d-%H%M%S')}"
     if driver:
         _drive(config, run_id, home)
         return
@@ -77,7 +82,7 @@ def run(
     folder.mkdir(parents=True, exist_ok=True)
     save_summary(home, summary)
     argv = [sys.executable, "-m", "pipeline.cli", "run", str(config_path.resolve()), "--driver",
-            "--home", str(home)]  # fmt: skip
+            "--run-id", run_id, "--home", str(home)]  # fmt: skip
     with open(folder / "run.log", "ab") as out:
         subprocess.Popen(  # noqa: S603 - ourselves, detached so the run outlives this terminal
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -9,24 +9,27 @@ import hashlib
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import grpc
+from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import BaseModel
 
 from pipeline import bus, topics
 from pipeline.cli_common import blob_store, console, fail, kafka_settings, read_all
 from pipeline.cli_scrape import submit
 from pipeline.cli_train import request_training
+from pipeline.errors import BadInput
 from pipeline.inference_client import InferenceClient
 from pipeline.messages import (
     Checkpoint,
     DatasetRef,
     DlqRecord,
     EvalResult,
+    M,
     Pair,
     ParsedChunk,
     RawDoc,
@@ -123,30 +126,32 @@ def drive(config: RunConfig, run_id: str, home: Path, recorder: Recorder) -> Non
             console.print(f"[bold]1. scrape[/bold] ({number}/{len(config.sources)}) "
                           f"{describe_source(source)}")  # fmt: skip
             submit(source, run_id, True, "scraper", home, timeout_s=timeout_s)
-        docs = [d for d in (decode(RawDoc, r.value) for r in read_all(settings, topics.RAW_DOCS))
-                if d.run_id == run_id]  # fmt: skip
+        docs = of_run(RawDoc, read_all(settings, topics.RAW_DOCS), run_id)
         counts |= _distinct("documents", [d.doc_id for d in docs])
     with recorder.stage("extract") as counts:
         console.print(f"[bold]2. extract[/bold] {topics.RAW_DOCS} → {topics.PARSED_TEXT}")
         drain(settings, "extractor", topics.RAW_DOCS, timeout_s=timeout_s)
+        fetch = blob_store(home).get
         for dead in read_all(settings, topics.dlq(topics.RAW_DOCS)):
             record = decode(DlqRecord, dead.value)
-            doc = decode(RawDoc, record.original_value(blob_store(home).get))
+            try:
+                doc = decode(RawDoc, record.original_value(fetch))
+            except BadInput:
+                continue  # not a document at all: no run's
             if doc.run_id == run_id:
                 name = doc.source.url.rsplit("/", 1)[-1]
+                if name not in summary.dead_lettered:
+                    console.print(f"  dead-lettered {name}: {record.reason}", soft_wrap=True)
                 summary.dead_lettered[name] = record.reason
-                console.print(f"  dead-lettered {name}: {record.reason}", soft_wrap=True)
-        chunks = [c.chunk_id for c in (decode(ParsedChunk, r.value) for r in
-                  read_all(settings, topics.PARSED_TEXT)) if c.run_id == run_id]  # fmt: skip
-        counts |= _distinct("chunks", chunks)
+        chunks = of_run(ParsedChunk, read_all(settings, topics.PARSED_TEXT), run_id)
+        counts |= _distinct("chunks", [c.chunk_id for c in chunks])
         counts["dead_lettered"] = len(summary.dead_lettered)
     with recorder.stage("synthesize") as counts:
         generator = os.environ.get("SYNTHESIZER_GENERATOR", "reading-comprehension")
         console.print(f"[bold]3. synthesize[/bold] {topics.PARSED_TEXT} → {topics.PAIRS} "
                       f"({generator})")  # fmt: skip
         drain(settings, "synthesizer", topics.PARSED_TEXT, timeout_s=timeout_s)
-        pairs = [p for p in (decode(Pair, r.value) for r in read_all(settings, topics.PAIRS))
-                 if p.run_id == run_id]  # fmt: skip
+        pairs = of_run(Pair, read_all(settings, topics.PAIRS), run_id)
         counts |= _distinct("pairs", [p.pair_id for p in pairs])
         ids = sorted({p.pair_id for p in pairs})
         summary.pair_ids_sha256 = hashlib.sha256("\n".join(ids).encode()).hexdigest()
@@ -174,6 +179,20 @@ def drive(config: RunConfig, run_id: str, home: Path, recorder: Recorder) -> Non
         counts["answer_chars"] = len(summary.answer)
 
 
+def of_run(model: type[M], records: Iterable[ConsumerRecord], run_id: str) -> list[M]:
+    """The run's messages among `records`, in order; a value that is no `model` is no run's
+    (the services dead-letter such values; a reader skips them)."""
+    out = []
+    for record in records:
+        try:
+            message = decode(model, record.value)
+        except BadInput:
+            continue
+        if getattr(message, "run_id", None) == run_id:
+            out.append(message)
+    return out
+
+
 def describe_source(source: object) -> str:
     fields = source.model_dump(exclude_defaults=True, exclude={"kind"})  # type: ignore[attr-defined]
     kind = source.kind  # type: ignore[attr-defined]
@@ -188,15 +207,15 @@ def _distinct(name: str, ids: list[str]) -> dict[str, int | float | str]:
 
 def train(run_id: str, home: Path, settings: KafkaSettings, timeout_s: float) -> Checkpoint:
     """Stage 4: the trainer curates the run's pairs into a snapshot and trains an adapter."""
+    recipe = os.environ.get("TRAINER_RECIPE", "the trainer's recipe")
     console.print(
         f"[bold]4. train[/bold] {topics.PAIRS} → {topics.CHECKPOINTS}: the run's pairs curated "
         "(duplicates, ROUGE-L near-duplicates, split by document, contamination check) and "
-        "trained with LoRA on CPU"
+        f"trained with {recipe}"
     )
     drain(settings, "trainer", topics.PAIRS, timeout_s=timeout_s)
     request_training(run_id, wait=True, timeout_s=timeout_s, home=home)
-    checkpoints = [decode(Checkpoint, r.value) for r in read_all(settings, topics.CHECKPOINTS)]
-    mine = [c for c in checkpoints if c.run_id == run_id]
+    mine = of_run(Checkpoint, read_all(settings, topics.CHECKPOINTS), run_id)
     if not mine:
         raise fail(f"run {run_id} was trained, but no checkpoint of it is on {topics.CHECKPOINTS}")
     checkpoint = mine[-1]
@@ -222,14 +241,18 @@ def evaluate(
     pairs, their perplexity), the verdict and the report."""
     from pipeline.cli_report import report
 
-    arc = os.environ.get("EVALUATOR_ARC_DIR")
+    arc_dir = os.environ.get("EVALUATOR_ARC_DIR")
+    if os.environ.get("EVALUATOR_ARC_TASKS", "").replace(" ", "") == "[]":
+        arc = "no ARC"
+    else:
+        arc = f"ARC from {arc_dir}" if arc_dir else "ARC from the hub"
     console.print(
         f"[bold]5. evaluate[/bold] {topics.CHECKPOINTS} → {topics.EVAL_RESULTS}: base vs tuned "
-        f"with lm-eval: {'ARC from ' + arc if arc else 'no ARC (offline, no local copy)'}, the "
+        f"with lm-eval: {arc}, the "
         "domain test on the held-out documents' pairs (ROUGE), their perplexity"
     )
     drain(settings, "evaluator", topics.CHECKPOINTS, timeout_s=timeout_s)
-    results = [decode(EvalResult, r.value) for r in read_all(settings, topics.EVAL_RESULTS)]
+    results = of_run(EvalResult, read_all(settings, topics.EVAL_RESULTS), checkpoint.run_id)
     mine = [e for e in results if e.checkpoint_id == checkpoint.checkpoint_id]
     if not mine:
         dead = read_all(settings, topics.dlq(topics.CHECKPOINTS))

@@ -18,7 +18,7 @@ import pytest
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from pipeline import bus, topics
+from pipeline import bus, monitor, topics
 from pipeline.cli_common import read_all
 from pipeline.embedded import SERVICES, Broker, pid_alive
 from pipeline.messages import DlqRecord, FolderSource, SourceRequest, decode, encode
@@ -358,7 +358,8 @@ def test_topics_shows_every_stage_with_its_services_own_figures(stack):
     request = SourceRequest(run_id="stages", source=FolderSource(path="/nowhere"))
     send(stack.kafka, topics.SOURCES, [encode(request)])
     # This stack gives the evaluator and inference no model and no ARC: they exit at start-up,
-    # so their metrics never answer. The others' do once they have started.
+    # so their metrics never answer. The others' do once they have started. The scraper
+    # dead-letters the request (no such folder).
     running = ["scraper", "extractor", "synthesizer", "trainer"]
     deadline = time.monotonic() + 90
     while True:
@@ -366,7 +367,8 @@ def test_topics_shows_every_stage_with_its_services_own_figures(stack):
         assert result.returncode == 0, result.stderr
         # stage -> [in, handled, out, rate, lag, dlq, retries, the service's own figures]
         stages = rows(result.stdout, 9)
-        if all(stages[s][6] != "-" for s in running) or time.monotonic() > deadline:
+        settled = stages["scraper"][4] == "0"  # no lag: nothing moves while we compare
+        if (settled and all(stages[s][6] != "-" for s in running)) or time.monotonic() > deadline:
             break
         time.sleep(1)
     assert [s for s in stages if s in SERVICES] == list(SERVICES)
@@ -378,6 +380,15 @@ def test_topics_shows_every_stage_with_its_services_own_figures(stack):
     assert retries == {"scraper": "0", "extractor": "0", "synthesizer": "0", "trainer": "0",
                        "evaluator": "-", "inference": "-"}  # fmt: skip
     assert "MB downloaded" in scraper[7] and "pairs stored" in stages["trainer"][7]
+
+    # The dashboard's figures, from the scraper's own metrics, tell the same story as the
+    # offsets (its process has not restarted, so its counters hold everything it did).
+    state = json.loads((stack.home / "state.json").read_text())
+    metrics = monitor.scrape({"scraper": [state["services"]["scraper-0"]["metrics"]]})["scraper"]
+    handled, dead = int(scraper[1]), int(scraper[5])
+    assert sum(metrics["distillery_dlq_total"].values()) == dead > 0
+    assert sum(metrics["distillery_consumed_total"].values()) >= handled  # the one in hand too
+    assert sum(metrics["distillery_produced_total"].values()) == int(scraper[2]) + dead
 
 
 def test_tail_without_a_topic_follows_every_stage_a_line_per_message(stack):
