@@ -271,12 +271,14 @@ def serve(result: EvalResult, home: Path) -> tuple[str, str, str]:
     from pipeline.cli_generate import embedded_address
     from services.evaluator.evaluation import stored_report
 
-    address = embedded_address(home)
+    # A deployed stack's service is named as `distillery generate` names it.
+    address = os.environ.get("INFERENCE_ADDRESS") or embedded_address(home)
     verdict = "promoted" if result.verdict == "promote" else "rejected"
     console.print(f"[bold]6. serve[/bold] {topics.EVAL_RESULTS} → gRPC at {address}: "
                   f"{result.checkpoint_id} {verdict}")  # fmt: skip
     wanted = result.checkpoint_id if result.verdict == "promote" else "base"
-    with InferenceClient(address, timeout_s=60) as client:
+    token = os.environ.get("INFERENCE_AUTH_TOKEN")
+    with InferenceClient(address, token=token, timeout_s=60) as client:
         deadline = time.monotonic() + 300
         while True:
             try:
