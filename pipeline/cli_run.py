@@ -114,8 +114,8 @@ def _start_stack(config: RunConfig, home: Path, external: bool) -> None:
     marker = home / "runs" / "stack-settings.json"
     state = StackState.load(home)
     if state and pid_alive(state.supervisor_pid):
-        started_with = json.loads(marker.read_text()) if marker.exists() else None
-        if started_with != env:
+        started_with = json.loads(marker.read_text()) if marker.exists() else {}
+        if env and started_with != env:  # a file that sets nothing takes the stack as it is
             raise fail(
                 f"the stack up in {home} was started with other settings than this file's; "
                 f"stop it (`distillery down --home {home}`) or give another --home"
