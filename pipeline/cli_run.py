@@ -114,7 +114,10 @@ def _start_stack(config: RunConfig, home: Path, external: bool) -> None:
     marker = home / "runs" / "stack-settings.json"
     state = StackState.load(home)
     if state and pid_alive(state.supervisor_pid):
-        started_with = json.loads(marker.read_text()) if marker.exists() else {}
+        # The settings a run started this very stack with (by its supervisor's pid).
+        recorded = json.loads(marker.read_text()) if marker.exists() else {}
+        ours = recorded.get("supervisor_pid") == state.supervisor_pid
+        started_with = recorded.get("environment") if ours else {}
         if env and started_with != env:  # a file that sets nothing takes the stack as it is
             raise fail(
                 f"the stack up in {home} was started with other settings than this file's; "
@@ -124,7 +127,10 @@ def _start_stack(config: RunConfig, home: Path, external: bool) -> None:
     _apply(env)  # the supervisor passes its environment on to the services
     up(home=home)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
+    state = StackState.load(home)
+    assert state is not None  # noqa: S101 - up() returned: the stack is ready
+    marker.write_text(json.dumps({"supervisor_pid": state.supervisor_pid, "environment": env},
+                                 indent=2, sort_keys=True) + "\n")  # fmt: skip
 
 
 def _apply(env: dict[str, str | None]) -> None:
