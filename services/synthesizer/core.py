@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from pipeline.messages import GeneratorInfo, Pair, ParsedChunk, pair_id_of
@@ -94,18 +93,18 @@ def grounding(output: str, source: str) -> float:
 
 
 class Quality:
-    """The filters between a generator and the pairs topic, in order: length bounds,
-    grounding in the source (for grounded generators), exact duplicates (by pair id, among
-    the last `remember` pairs this replica published, `kept()`; the trainer's store is
-    idempotent anyway)."""
+    """The filters between a generator and the pairs topic, in order: length bounds, then
+    grounding in the source (for grounded generators). A triple repeated within a chunk is
+    published once (the handler's job); one repeated across chunks is published with each,
+    and the curation drops the copies in an order independent of delivery. Remembering the
+    ids already published here would keep whichever chunk came first: another dataset for
+    each delivery order, replica count or restart."""
 
-    def __init__(self, limits: Limits, grounding_min: float, remember: int = 1_000_000) -> None:
+    def __init__(self, limits: Limits, grounding_min: float) -> None:
         self.limits = limits
         self.grounding_min = grounding_min
-        self.remember = remember
-        self._seen: OrderedDict[str, None] = OrderedDict()
 
-    def problem(self, triple: Triple, pair_id: str, source: str | None) -> str | None:
+    def problem(self, triple: Triple, source: str | None) -> str | None:
         """Why the triple is dropped, or None to keep it. `source` None: not grounded."""
         if reason := length_problem(triple, self.limits):
             return reason
@@ -115,14 +114,4 @@ class Quality:
             and grounding(triple.output, source) < self.grounding_min
         ):
             return "ungrounded"
-        if pair_id in self._seen:
-            self._seen.move_to_end(pair_id)
-            return "duplicate"
         return None
-
-    def kept(self, pair_id: str) -> None:
-        """Recorded once published, not when checked: a chunk retried after a later step
-        failed must not find its own pairs "duplicate"."""
-        self._seen[pair_id] = None
-        if len(self._seen) > self.remember:
-            self._seen.popitem(last=False)

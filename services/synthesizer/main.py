@@ -72,8 +72,7 @@ def make_handler(
         for reason in generation.rejected:
             metrics.rejected(reason)
         pairs = []
-        for pair_id, triple in kept:
-            quality.kept(pair_id)
+        for _pair_id, triple in kept:
             metrics.pair(triple.task)
             pairs.append(triple.pair(chunk, info))
         metrics.chunk("repaired" if generation.repaired else "ok" if pairs else "no_pairs")
@@ -87,7 +86,7 @@ def make_handler(
         kept: dict[str, Triple] = {}
         for triple in triples:
             pair_id = pair_id_of(triple.instruction, triple.input, triple.output)
-            problem = quality.problem(triple, pair_id, source)
+            problem = quality.problem(triple, source)
             if problem or pair_id in kept:
                 metrics.rejected(problem or "duplicate")
             else:

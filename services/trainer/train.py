@@ -397,13 +397,17 @@ def main(argv: list[str] | None = None) -> None:
     def emit(event: str, fields: dict[str, Any]) -> None:
         print(json.dumps({"event": event, **fields}, default=str), flush=True)
 
+    # A trainer service killed outright (SIGKILL, OOM) sends no SIGTERM: its child notices
+    # it was orphaned and stops at a checkpoint, so the restarted service's resumed run is
+    # the only one writing to the output directory.
+    parent = os.getppid()
     try:
         result = run(
             recipe,
             args.snapshot,
             args.output,
             progress=lambda p: emit("progress", asdict(p)),
-            should_stop=lambda: stopping,
+            should_stop=lambda: stopping or os.getppid() != parent,
         )
     except Interrupted as exc:
         emit("interrupted", {"step": exc.step})

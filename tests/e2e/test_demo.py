@@ -14,7 +14,7 @@ import pytest
 from pipeline.embedded import SERVICES
 from tests.e2e.conftest import Demo
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 
 def test_the_demo_takes_the_shared_papers_to_a_served_adapter(

@@ -14,7 +14,7 @@ from pipeline.demo_model import SMOKE_LABEL
 from pipeline.sample_corpus import documents
 from tests.e2e.conftest import clean_env, distillery
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 
 def test_offline_without_shared_data_the_demo_runs_on_its_own_docs_and_a_smoke_model(

@@ -163,3 +163,51 @@ def test_a_run_killed_with_sigkill_resumes_where_it_stopped(
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_a_run_whose_service_is_killed_stops_at_a_checkpoint(
+    trained: tuple[RunResult, Path, list[Progress]], test_data: Path, tmp_path: Path
+) -> None:
+    """The trainer service SIGKILLed mid-run sends its child no signal: the child sees it was
+    orphaned, saves a checkpoint and exits, so it never trains beside the resumed run."""
+    _, snapshot, _ = trained
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(stories_recipe(test_data).model_dump(mode="json")))
+    output, log = tmp_path / "run", tmp_path / "child.jsonl"
+    # A stand-in for the service: starts the run as the service does, prints its pid, waits.
+    service = subprocess.Popen(  # noqa: S603 - our own module, through this interpreter
+        [sys.executable, "-c",
+         "import subprocess, sys\n"
+         f"child = subprocess.Popen([sys.executable, '-m', 'services.trainer.train', "
+         f"{str(snapshot)!r}, {str(recipe)!r}, {str(output)!r}], stdout=open({str(log)!r}, 'w'))\n"
+         "print(child.pid, flush=True)\nchild.wait()\n"],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert service.stdout is not None
+    child = int(service.stdout.readline())
+    deadline = time.monotonic() + 120
+    while not any('"event": "progress"' in line for line in _lines(log)):
+        assert time.monotonic() < deadline, "the run never reported progress"
+        time.sleep(0.05)
+    service.send_signal(signal.SIGKILL)
+    service.wait()
+
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{child}").exists() and "zombie" not in _state(child):
+        assert time.monotonic() < deadline, "the orphaned run went on training"
+        time.sleep(0.1)
+    events = [json.loads(line) for line in _lines(log)]
+    assert events[-1]["event"] == "interrupted"
+    assert any((output / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    assert not (output / "adapter").exists()
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (FileNotFoundError, IndexError):
+        return "zombie"  # gone

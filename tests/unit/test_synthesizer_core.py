@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from pipeline import terms
-from pipeline.messages import pair_id_of
 from services.synthesizer.core import Limits, Quality, Triple, grounding, length_problem
 from services.synthesizer.prompts import bundled, load_prompt
 from services.synthesizer.selfinstruct import (
@@ -46,21 +45,17 @@ def test_length_bounds() -> None:
     assert length_problem(triple(), limits) is None
 
 
-def test_quality_filters_in_order_and_counts_duplicates() -> None:
-    quality = Quality(Limits(), grounding_min=0.5, remember=2)
+def test_quality_filters_in_order_and_remembers_nothing() -> None:
+    quality = Quality(Limits(), grounding_min=0.5)
     good = triple(output="The pretrained model weights.")
-    pid = pair_id_of(good.instruction, good.input, good.output)
-    assert quality.problem(good, pid, SOURCE) is None
-    assert quality.problem(good, pid, SOURCE) is None  # checked, not yet published
-    quality.kept(pid)
-    assert quality.problem(good, pid, SOURCE) == "duplicate"
+    assert quality.problem(good, SOURCE) is None
+    # Seen before is no reason: which chunk's copy is kept is the curation's decision.
+    assert quality.problem(good, SOURCE) is None
     made_up = triple(output="It trains every weight in full precision.")
-    assert quality.problem(made_up, "x", SOURCE) == "ungrounded"
-    assert quality.problem(made_up, "x", None) is None  # not grounded: self-instruct
-    # Only the last `remember` ids are remembered.
-    quality.kept("y")
-    quality.kept("z")
-    assert quality.problem(good, pid, SOURCE) is None
+    assert quality.problem(made_up, SOURCE) == "ungrounded"
+    assert quality.problem(made_up, None) is None  # not grounded: self-instruct
+    short = triple(output="Weights")
+    assert quality.problem(short, SOURCE) == length_problem(short, Limits())
 
 
 def test_bundled_prompts_load_with_their_hash() -> None:
