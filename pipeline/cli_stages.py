@@ -152,7 +152,9 @@ def drive(config: RunConfig, run_id: str, home: Path, recorder: Recorder) -> Non
                       f"({generator})")  # fmt: skip
         drain(settings, "synthesizer", topics.PARSED_TEXT, timeout_s=timeout_s)
         pairs = of_run(Pair, read_all(settings, topics.PAIRS), run_id)
-        counts |= _distinct("pairs", [p.pair_id for p in pairs])
+        # The same pair from two chunks is two records, not a replay (the curation keeps one).
+        counts |= _distinct("pairs", [p.pair_id for p in pairs],
+                            records=[(p.pair_id, p.chunk_id) for p in pairs])  # fmt: skip
         ids = sorted({p.pair_id for p in pairs})
         summary.pair_ids_sha256 = hashlib.sha256("\n".join(ids).encode()).hexdigest()
         tasks = Counter(p.task for p in {p.pair_id: p for p in pairs}.values())
@@ -199,10 +201,14 @@ def describe_source(source: object) -> str:
     return f"{kind} " + ", ".join(f"{k}={v}" for k, v in fields.items())
 
 
-def _distinct(name: str, ids: list[str]) -> dict[str, int | float | str]:
-    """How many distinct ids, and how many records repeated one: delivery is at least once,
-    so a restarted service may publish a record again; ids make the copies harmless."""
-    return {name: len(set(ids)), f"{name}_replayed": len(ids) - len(set(ids))}
+def _distinct(
+    name: str, ids: list[str], records: list[object] | None = None
+) -> dict[str, int | float | str]:
+    """How many distinct ids, and how many records repeated one (by `records`' identity, the
+    ids themselves by default): delivery is at least once, so a restarted service may publish
+    a record again; ids make the copies harmless."""
+    keys = ids if records is None else records
+    return {name: len(set(ids)), f"{name}_replayed": len(keys) - len(set(keys))}
 
 
 def train(run_id: str, home: Path, settings: KafkaSettings, timeout_s: float) -> Checkpoint:
