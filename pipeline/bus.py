@@ -148,14 +148,9 @@ def group_lags(settings: KafkaSettings) -> list[GroupLag]:
     Computed from ListGroups + OffsetFetch rather than DescribeGroups, which the embedded
     broker does not answer in a form the client accepts.
     """
-    client = admin(settings)
+    committed = groups_committed(settings)
     reader = consumer(settings, group_id=None)
     try:
-        committed: dict[str, dict[TopicPartition, int]] = {}
-        for group in client.list_groups():
-            gid = group["group_id"]
-            offsets = client.list_group_offsets(gid).get(gid, {})
-            committed[gid] = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
         tps = {tp for offsets in committed.values() for tp in offsets}
         ends = end_offsets(reader, tps) if tps else {}
         rows: dict[tuple[str, str], list[int]] = {}
@@ -167,4 +162,17 @@ def group_lags(settings: KafkaSettings) -> list[GroupLag]:
         return [GroupLag(g, t, c, e) for (g, t), (c, e) in sorted(rows.items())]
     finally:
         reader.close()
+
+
+def groups_committed(settings: KafkaSettings) -> dict[str, dict[TopicPartition, int]]:
+    """Every consumer group's committed offsets (ListGroups + OffsetFetch)."""
+    client = admin(settings)
+    try:
+        committed: dict[str, dict[TopicPartition, int]] = {}
+        for group in client.list_groups():
+            gid = group["group_id"]
+            offsets = client.list_group_offsets(gid).get(gid, {})
+            committed[gid] = {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+        return committed
+    finally:
         client.close()

@@ -14,7 +14,6 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from kafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
@@ -83,15 +82,7 @@ def committed(settings: KafkaSettings) -> dict[str, dict[str, int]]:
     """Each stage's committed offsets on its input topic, summed over partitions. Inference
     replicas each read everything in a group of their own, new at each start: the furthest
     ahead counts (a restarted replica's old group stays behind for good)."""
-    client = bus.admin(settings)
-    try:
-        per_group: dict[str, dict[TopicPartition, int]] = {}
-        for group in client.list_groups():
-            gid = group["group_id"]
-            offsets = client.list_group_offsets(gid).get(gid, {})
-            per_group[gid] = {tp: m.offset for tp, m in offsets.items() if m.offset >= 0}
-    finally:
-        client.close()
+    per_group = bus.groups_committed(settings)
     out: dict[str, dict[str, int]] = {}
     for service, topic, _out in STAGES:
         sums = [sum(v for tp, v in offsets.items() if tp.topic == topic)
