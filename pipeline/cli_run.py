@@ -154,7 +154,7 @@ def _drive(config: RunConfig, run_id: str, home: Path) -> None:
     except Failure as exc:
         summary.state, summary.error = "failed", exc.message
         raise
-    except Exception as exc:
+    except Exception as exc:  # recorded for `status RUN`, then raised as it came
         summary.state, summary.error = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
