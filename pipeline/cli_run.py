@@ -25,7 +25,7 @@ from pipeline.cli_common import DEFAULT_HOME, Failure, HomeOption, console, fail
 from pipeline.cli_stages import Recorder, Summary, describe_source, drive
 from pipeline.embedded import SERVICES, StackState, pid_alive
 from pipeline.messages import FolderSource
-from pipeline.runconfig import RUN_ID, RunConfig, RunConfigError, env_file, load_run_config
+from pipeline.runconfig import RUN_ID, RunConfig, RunConfigError, apply, env_file, load_run_config
 
 #: Seconds over which the live view averages each stage's rate.
 RATE_WINDOW_S = 5.0
@@ -124,7 +124,7 @@ def _start_stack(config: RunConfig, home: Path, external: bool) -> None:
                 f"stop it (`distillery down --home {home}`) or give another --home"
             )
         return
-    _apply(env)  # the supervisor passes its environment on to the services
+    apply(env)  # the supervisor passes its environment on to the services
     up(home=home)
     marker.parent.mkdir(parents=True, exist_ok=True)
     state = StackState.load(home)
@@ -133,17 +133,9 @@ def _start_stack(config: RunConfig, home: Path, external: bool) -> None:
                                  indent=2, sort_keys=True) + "\n")  # fmt: skip
 
 
-def _apply(env: dict[str, str | None]) -> None:
-    for name, value in env.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
 def _drive(config: RunConfig, run_id: str, home: Path) -> None:
     """The detached driver: every stage, the summary saved at each step."""
-    _apply(config.environment())  # what the services were given, for what it tells
+    apply(config.environment())  # what the services were given, for what it tells
     summary = load_summary(home, run_id) or Summary(run_id=run_id)
     summary.driver_pid = os.getpid()
     recorder = Recorder(summary, lambda s: save_summary(home, s))

@@ -229,6 +229,15 @@ def env_file(config: RunConfig, service: str) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
+def apply(changes: Mapping[str, str | None]) -> None:
+    """Set each variable of `changes` in os.environ; None removes one."""
+    for name, value in changes.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @contextmanager
 def environment(changes: Mapping[str, str | None]) -> Iterator[None]:
     """os.environ with `changes` (None removes a variable) until the block ends, and a
@@ -236,11 +245,7 @@ def environment(changes: Mapping[str, str | None]) -> Iterator[None]:
     saved = dict(os.environ)
     try:
         os.environ.setdefault("KAFKA_BOOTSTRAP_SERVERS", "placeholder:9092")
-        for name, value in changes.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        apply(changes)
         yield
     finally:
         os.environ.clear()
